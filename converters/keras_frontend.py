@@ -1,0 +1,588 @@
+"""Keras / QKeras (`.h5`, `.keras`) front end: a Keras model to bnncube's IR.
+
+``keras_to_ir`` maps each layer to one IR op, as the model is written (BatchNorm and activations as
+their own ops, a QActivation as a Quantize or Bitpack op). ``load_keras`` then runs the lowering
+passes (:mod:`bnncube.converters.passes`) to get the deployed form that every back end reads.
+
+Weights of quantized layers are stored as the integers the trained quantizer produces (honouring
+the quantizer, never recalibrating): int8 for ``quantized_bits``, +1/-1 for ``binary``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnncube.converters.ir import Graph, Op, Quant, Tensor
+from bnncube.converters.quantizers import QSpec, quantize_weights, quantizer_spec
+from bnncube.errors import BnnError
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+SUPPORTED_LAYERS = (
+    "InputLayer, Conv2D, DepthwiseConv2D, Dense, BatchNormalization, ReLU, Activation, Add, "
+    "ZeroPadding2D, Flatten, Reshape, AveragePooling2D, MaxPooling2D, GlobalAveragePooling2D, "
+    "Dropout, QConv2D, QDepthwiseConv2D, QDense, QActivation"
+)
+
+
+def custom_objects() -> dict[str, Any]:
+    """The QKeras classes a saved model may name."""
+    from qkeras.utils import _add_supported_quantized_objects
+
+    objects: dict[str, Any] = {}
+    _add_supported_quantized_objects(objects)
+    return objects
+
+
+def load_keras_model(path: str | Path) -> Any:
+    """Load a Keras/QKeras model file, turning every failure into a one-line BnnError."""
+    import tensorflow as tf
+
+    path = Path(path)
+    if not path.is_file():
+        raise BnnError(f"{path}: no such file")
+    if path.suffix.lower() == ".h5":
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89HDF\r\n\x1a\n":
+                raise BnnError(f"{path}: not a Keras .h5 model (no HDF5 signature)")
+    elif path.suffix.lower() == ".keras":
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise BnnError(f"{path}: not a Keras .keras model (not a zip archive)")
+    try:
+        model = tf.keras.models.load_model(path, custom_objects=custom_objects(), compile=False)
+    except BnnError:
+        raise
+    except Exception as exc:  # Keras raises many types; all mean "this file is not usable"
+        message = " ".join(str(exc).split())
+        if "Unknown layer" in message or "Unknown" in message and "layer" in message.lower():
+            first = message.split(".")[0]
+            raise BnnError(f"{path}: {first}; supported layers: {SUPPORTED_LAYERS}") from None
+        raise BnnError(f"{path}: cannot load Keras model ({message[:200]})") from None
+    if not isinstance(model, tf.keras.Model):
+        raise BnnError(f"{path}: does not hold a Keras model")
+    return model
+
+
+def load_keras(path: str | Path, *, lower: bool = True) -> Graph:
+    """Read a Keras/QKeras model file into the IR (lowered to its deployed form by default)."""
+    from bnncube.converters.passes import lower_graph
+
+    model = load_keras_model(path)
+    graph = keras_to_ir(model, source=str(path))
+    return lower_graph(graph) if lower else graph
+
+
+# --------------------------------------------------------------------------------------------
+def _tf_same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    out = -(-size // stride)
+    effective = (kernel - 1) * dilation + 1
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pads(layer: Any, in_shape: tuple[int, ...], kernel: tuple[int, int]) -> list[int]:
+    strides = tuple(layer.strides)
+    dil = tuple(getattr(layer, "dilation_rate", (1, 1)))
+    if layer.padding == "valid":
+        return [0, 0, 0, 0]
+    if layer.padding != "same":
+        raise BnnError(f"layer {layer.name!r}: padding {layer.padding!r} is not supported")
+    top, bottom = _tf_same_pads(in_shape[1], kernel[0], strides[0], dil[0])
+    left, right = _tf_same_pads(in_shape[2], kernel[1], strides[1], dil[1])
+    return [top, bottom, left, right]
+
+
+def _activation_name(fn: Any, where: str) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    if name in ("linear", None):
+        return "none"
+    if name in ("relu", "relu6"):
+        return name
+    raise BnnError(
+        f"{where}: activation {name!r} is not supported; supported: linear, relu, relu6 "
+        "(or a QActivation quantizer)"
+    )
+
+
+class _Builder:
+    """Walks the Keras layers in order and emits IR ops."""
+
+    def __init__(self, model: Any, source: str) -> None:
+        self.model = model
+        self.graph = Graph(name=model.name, source=source, source_format="keras")
+        self.out_of: dict[str, str] = {}  # keras layer name -> IR tensor name
+
+    # -- helpers --------------------------------------------------------------------------
+    def shape_of(self, tensor: str) -> tuple[int, ...]:
+        return self.graph.tensors[tensor].shape
+
+    def new_tensor(
+        self, name: str, shape: tuple[int, ...], dtype: str = "float32", quant: Quant | None = None
+    ) -> str:
+        name = self.graph.unique_name(name)
+        self.graph.add_tensor(Tensor(name, shape, dtype, quant))
+        return name
+
+    def emit(
+        self,
+        layer: Any,
+        type_: str,
+        inputs: list[str],
+        out_shape: tuple[int, ...],
+        dtype: str = "float32",
+        quant: Quant | None = None,
+        **attrs: Any,
+    ) -> str:
+        out = self.new_tensor(layer.name, out_shape, dtype, quant)
+        attrs.setdefault("keras_layer", type(layer).__name__)
+        self.graph.add_op(Op(layer.name, type_, inputs, [out], attrs))
+        return out
+
+    def emit_like_input(
+        self, layer: Any, type_: str, inputs: list[str], out_shape: tuple[int, ...], **attrs: Any
+    ) -> str:
+        """An op that moves data without changing its type or quantization (pad, reshape)."""
+        src = self.graph.tensors[inputs[0]]
+        return self.emit(layer, type_, inputs, out_shape, src.dtype, src.quant, **attrs)
+
+    def layer_inputs(self, layer: Any) -> list[str]:
+        # Layers come in topological order: the node of this model is the one whose inbound
+        # layers have all been seen already.
+        nodes = [n for n in layer._inbound_nodes if self._node_in_model(n)]
+        if not nodes:
+            raise BnnError(
+                f"layer {layer.name!r}: its inputs are not layers of this model "
+                "(nested models are not supported)"
+            )
+        if len(nodes) > 1:
+            raise BnnError(
+                f"layer {layer.name!r}: shared layers (called more than once) are not supported"
+            )
+        return [self.out_of[src.name] for src in self._inbound(nodes[0])]
+
+    @staticmethod
+    def _inbound(node: Any) -> list[Any]:
+        inbound = node.inbound_layers
+        return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
+
+    def _node_in_model(self, node: Any) -> bool:
+        inbound = self._inbound(node)
+        return bool(inbound) and all(src.name in self.out_of for src in inbound)
+
+    # -- weights ------------------------------------------------------------------------------
+    def weight_tensor(
+        self,
+        layer: Any,
+        role: str,
+        values: np.ndarray,
+        quantizer: Any,
+        channel_axis: int,
+        *,
+        bias: bool = False,
+    ) -> str:
+        where = f"layer {layer.name!r} ({role})"
+        base = f"{layer.name}/{role}"
+        if quantizer is None:
+            return self.graph.add_const(base, values.astype(np.float32), "float32")
+        spec: QSpec = quantizer_spec(quantizer, where, allow_wide=bias)
+        if spec.dtype == "int32":
+            ints = np.rint(np.asarray(quantizer(values), np.float64) / spec.step)
+            quant = Quant.per_tensor(spec.step, 0, spec.text)
+            return self.graph.add_const(base, ints.astype(np.int32), "int32", quant)
+        ints, steps = quantize_weights(quantizer, values, spec, channel_axis, where)
+        if np.all(steps == steps[0]):
+            quant = Quant.per_tensor(float(steps[0]), spec.zero_point, spec.text)
+        else:
+            quant = Quant(
+                steps, np.full(steps.shape, spec.zero_point, np.int64), channel_axis, spec.text
+            )
+        return self.graph.add_const(base, ints, spec.dtype, quant)
+
+    @staticmethod
+    def quantizers(layer: Any) -> tuple[Any, Any]:
+        kq = getattr(layer, "kernel_quantizer_internal", None)
+        if kq is None:
+            kq = getattr(layer, "depthwise_quantizer_internal", None)
+        bq = getattr(layer, "bias_quantizer_internal", None)
+        return kq, bq
+
+    def fused_activation(self, layer: Any, out: str) -> str:
+        """Keras layers may carry an activation; QKeras ones may carry a quantizer there."""
+        act = getattr(layer, "activation", None)
+        if act is None:
+            return out
+        if callable(act) and hasattr(act, "__name__") or act is None:
+            name = _activation_name(act, f"layer {layer.name!r}")
+            if name == "none":
+                return out
+            result = self.new_tensor(f"{layer.name}/{name}", self.shape_of(out))
+            self.graph.add_op(
+                Op(f"{layer.name}/{name}", "Activation", [out], [result], {"activation": name})
+            )
+            return result
+        return self.quantize(f"{layer.name}/act", act, out, f"layer {layer.name!r} activation")
+
+    def quantize(self, name: str, quantizer: Any, src: str, where: str) -> str:
+        spec = quantizer_spec(quantizer, where)
+        shape = self.shape_of(src)
+        if spec.dtype == "binary":
+            if spec.per_channel:
+                raise BnnError(f"{where}: binary activations need alpha=1, got {spec.text}")
+            out = self.new_tensor(name, shape, "binary", Quant.per_tensor(1.0, 0, spec.text))
+            self.graph.add_op(Op(name, "Bitpack", [src], [out], {"quantizer": spec.text}))
+            return out
+        if spec.per_channel:
+            raise BnnError(f"{where}: activations need a fixed grid, got {spec.text}")
+        quant = Quant.per_tensor(spec.step, spec.zero_point, spec.text)
+        out = self.new_tensor(name, shape, "int8", quant)
+        attrs = {"quantizer": spec.text, "activation": "relu" if spec.relu else "none"}
+        self.graph.add_op(Op(name, "Quantize", [src], [out], attrs))
+        return out
+
+    # -- layers ---------------------------------------------------------------------------
+    def build(self) -> Graph:
+        for tensor in self.model.inputs:
+            self.layer(tensor._keras_history.layer)
+        for layer in self.model.layers:
+            if layer.name not in self.out_of:
+                self.layer(layer)
+        for tensor in self.model.outputs:
+            self.graph.outputs.append(self.out_of[tensor._keras_history.layer.name])
+        self.graph.validate()
+        return self.graph
+
+    def layer(self, layer: Any) -> None:  # noqa: C901 - one branch per supported layer
+        kind = type(layer).__name__
+        where = f"layer {layer.name!r} ({kind})"
+        if kind == "InputLayer":
+            shape = tuple(layer.get_config()["batch_input_shape"])
+            if any(d is None for d in shape[1:]):
+                raise BnnError(f"{where}: input shape {shape} must be fully defined")
+            name = self.new_tensor(layer.name, (1,) + tuple(shape[1:]))
+            self.graph.inputs.append(name)
+            self.out_of[layer.name] = name
+            return
+        if kind in ("Functional", "Sequential", "Model"):
+            raise BnnError(f"{where}: nested models are not supported; flatten the model first")
+        inputs = self.layer_inputs(layer)
+        in_shape = self.shape_of(inputs[0])
+        out_shape = (
+            (1,) + tuple(int(d) for d in layer.output_shape[1:])
+            if not isinstance(layer.output_shape, list)
+            else None
+        )
+        handler = getattr(self, f"_layer_{kind}", None)
+        if handler is None:
+            raise BnnError(
+                f"{where}: layer type {kind} is not supported; supported: {SUPPORTED_LAYERS}"
+            )
+        self.out_of[layer.name] = handler(layer, inputs, in_shape, out_shape, where)
+
+    def _conv(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        depthwise: bool,
+    ) -> str:
+        if len(in_shape) != 4:
+            raise BnnError(f"layer {layer.name!r}: expects a 4-D NHWC input, got {in_shape}")
+        weights = layer.get_weights()
+        kq, bq = self.quantizers(layer)
+        kernel = np.asarray(weights[0])
+        kh, kw = kernel.shape[:2]
+        if depthwise:
+            # Keras (kh, kw, C, M) -> IR 1,kh,kw,C*M; the channel axis is the last one
+            w_values = kernel.reshape(1, kh, kw, -1)
+            channel_axis = 3
+        else:
+            # Keras (kh, kw, I, O) -> IR OHWI
+            if getattr(layer, "groups", 1) != 1:
+                raise BnnError(f"layer {layer.name!r}: grouped convolution is not supported")
+            w_values = np.transpose(kernel, (3, 0, 1, 2))
+            channel_axis = 0
+        w = self.weight_tensor(layer, "kernel", w_values, kq, channel_axis)
+        op_inputs = [inputs[0], w]
+        if getattr(layer, "use_bias", False):
+            op_inputs.append(
+                self.weight_tensor(layer, "bias", np.asarray(weights[1]), bq, 0, bias=True)
+            )
+        binary_w = self.graph.tensors[w].dtype == "binary"
+        binary_x = self.graph.tensors[inputs[0]].dtype == "binary"
+        if binary_w != binary_x:
+            what = (
+                "binary weights but a non-binary input"
+                if binary_w
+                else "a binary input but non-binary weights"
+            )
+            raise BnnError(
+                f"layer {layer.name!r}: {what}; a binary convolution needs both: put "
+                "QActivation('binary') before it and kernel_quantizer=binary() on it"
+            )
+        attrs: dict[str, Any] = {
+            "strides": tuple(int(s) for s in layer.strides),
+            "pads": _pads(layer, in_shape, (kh, kw)),
+            "dilations": tuple(int(d) for d in layer.dilation_rate),
+            "activation": "none",
+        }
+        if depthwise:
+            attrs["depth_multiplier"] = int(layer.depth_multiplier)
+            op_type = "DepthwiseConv2D"
+            if binary_w:
+                raise BnnError(
+                    f"layer {layer.name!r}: binary depthwise convolution is not "
+                    "supported; supported binary layer: QConv2D"
+                )
+        elif binary_w:
+            op_type = "BinaryConv2D"
+            attrs["pad_value"] = 0  # QKeras pads the +1/-1 input with real zeros
+        else:
+            op_type = "Conv2D"
+        out = self.emit(layer, op_type, op_inputs, out_shape, **attrs)
+        return self.fused_activation(layer, out)
+
+    def _layer_Conv2D(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        return self._conv(layer, inputs, in_shape, out_shape, depthwise=False)
+
+    _layer_QConv2D = _layer_Conv2D
+
+    def _layer_DepthwiseConv2D(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        return self._conv(layer, inputs, in_shape, out_shape, depthwise=True)
+
+    _layer_QDepthwiseConv2D = _layer_DepthwiseConv2D
+
+    def _layer_Dense(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        if len(in_shape) != 2:
+            raise BnnError(f"{where}: Dense needs a flat input (add Flatten), got {in_shape}")
+        weights = layer.get_weights()
+        kq, bq = self.quantizers(layer)
+        w = self.weight_tensor(layer, "kernel", np.asarray(weights[0]).T, kq, 0)
+        if self.graph.tensors[w].dtype == "binary":
+            raise BnnError(
+                f"{where}: binary Dense is not supported; supported binary layer: QConv2D"
+            )
+        op_inputs = [inputs[0], w]
+        if layer.use_bias:
+            op_inputs.append(
+                self.weight_tensor(layer, "bias", np.asarray(weights[1]), bq, 0, bias=True)
+            )
+        out = self.emit(layer, "Dense", op_inputs, out_shape, activation="none")
+        return self.fused_activation(layer, out)
+
+    _layer_QDense = _layer_Dense
+
+    def _layer_BatchNormalization(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        axis = layer.axis if isinstance(layer.axis, int) else list(layer.axis)[0]
+        if axis not in (-1, len(in_shape) - 1):
+            raise BnnError(f"{where}: only channel-last BatchNormalization is supported")
+        channels = in_shape[-1]
+        ones, zeros = np.ones(channels), np.zeros(channels)
+        values = dict(
+            zip(
+                [w.name.split("/")[-1].split(":")[0] for w in layer.weights],
+                layer.get_weights(),
+                strict=True,
+            )
+        )
+        attrs = {
+            "gamma": np.asarray(values.get("gamma", ones), np.float64),
+            "beta": np.asarray(values.get("beta", zeros), np.float64),
+            "mean": np.asarray(values["moving_mean"], np.float64),
+            "variance": np.asarray(values["moving_variance"], np.float64),
+            "epsilon": float(layer.epsilon),
+        }
+        return self.emit(layer, "BatchNorm", inputs, out_shape, **attrs)
+
+    def _layer_ReLU(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        cfg = layer.get_config()
+        if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
+            raise BnnError(f"{where}: leaky or thresholded ReLU is not supported")
+        max_value = cfg.get("max_value")
+        if max_value is None:
+            name = "relu"
+        elif float(max_value) == 6.0:
+            name = "relu6"
+        else:
+            raise BnnError(
+                f"{where}: ReLU(max_value={max_value}) is not supported; "
+                "supported: max_value None or 6"
+            )
+        return self.emit(layer, "Activation", inputs, out_shape, activation=name)
+
+    def _layer_Activation(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        name = _activation_name(layer.activation, where)
+        if name == "none":
+            return inputs[0]
+        return self.emit(layer, "Activation", inputs, out_shape, activation=name)
+
+    def _layer_QActivation(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        quantizer = layer.quantizer
+        if isinstance(quantizer, str) or quantizer is None:
+            raise BnnError(f"{where}: QActivation({quantizer!r}) is not supported")
+        return self.quantize(layer.name, quantizer, inputs[0], where)
+
+    def _layer_Add(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        if len(inputs) != 2:
+            raise BnnError(f"{where}: Add of {len(inputs)} inputs; supported: 2")
+        return self.emit(layer, "Add", inputs, out_shape, activation="none")
+
+    def _layer_ZeroPadding2D(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        (top, bottom), (left, right) = layer.padding
+        return self.emit_like_input(
+            layer, "Pad", inputs, out_shape, pads=[top, bottom, left, right]
+        )
+
+    def _layer_Flatten(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        return self.emit_like_input(layer, "Reshape", inputs, out_shape)
+
+    _layer_Reshape = _layer_Flatten
+
+    def _pool(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        op_type: str,
+    ) -> str:
+        pool = tuple(int(p) for p in layer.pool_size)
+        emit = self.emit_like_input if op_type == "MaxPool2D" else self.emit
+        return emit(
+            layer,
+            op_type,
+            inputs,
+            out_shape,
+            pool=pool,
+            strides=tuple(int(s) for s in layer.strides),
+            pads=_pads(layer, in_shape, pool),
+            activation="none",
+        )
+
+    def _layer_AveragePooling2D(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        return self._pool(layer, inputs, in_shape, out_shape, "AveragePool2D")
+
+    def _layer_MaxPooling2D(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        return self._pool(layer, inputs, in_shape, out_shape, "MaxPool2D")
+
+    def _layer_GlobalAveragePooling2D(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        return self.emit(
+            layer, "Mean", inputs, out_shape, axes=(1, 2), keepdims=len(out_shape) == 4
+        )
+
+    def _layer_Dropout(
+        self,
+        layer: Any,
+        inputs: list[str],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        where: str,
+    ) -> str:
+        return inputs[0]  # inference: identity
+
+
+def keras_to_ir(model: Any, source: str = "") -> Graph:
+    """Map a Keras/QKeras model to the IR, one op per layer (not yet lowered)."""
+    if len(model.inputs) != 1:
+        raise BnnError(
+            f"{source or model.name}: models with {len(model.inputs)} inputs are not "
+            "supported; supported: one input"
+        )
+    return _Builder(model, source).build()

@@ -1,0 +1,132 @@
+"""QKeras quantizers as bnncube understands them.
+
+Each supported quantizer maps to a deployed element type and an affine grid
+(real = step * (q - zero_point)):
+
+* ``quantized_bits(b, i)``, b <= 8 -> int8, zero point 0, step = 2**(i - b + 1),
+  q in [-2**(b-1), 2**(b-1) - 1] (symmetric=1 drops the lowest level);
+  ``alpha="auto"/"auto_po2"`` gives a per-channel step (weights only).
+* ``quantized_bits(b, i, keep_negative=False)`` -> int8, zero point -128, step = 2**(i - b).
+* ``quantized_relu(b, i)``, b <= 8 -> int8, zero point -128, step = 2**(i - b).
+* ``binary(alpha=1)`` -> binary, +1 / -1 (0 maps to +1); ``alpha="auto"``: per-channel scale.
+* ``quantized_bits(b, i)``, b > 8 -> int32, for bias quantizers only.
+
+Anything else is refused with a message that lists this table's quantizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bnncube.errors import BnnError
+
+SUPPORTED_QUANTIZERS = "quantized_bits(bits<=8), quantized_relu(bits<=8), binary(alpha=1|'auto')"
+
+
+@dataclass(frozen=True)
+class QSpec:
+    """What a quantizer means once deployed."""
+
+    dtype: str  # "int8" | "binary" | "int32"
+    step: float  # real value of one integer step (for alpha=auto: the step before channel scale)
+    zero_point: int
+    per_channel: bool  # alpha="auto"/"auto_po2": the scale comes from the weights
+    relu: bool  # the grid has no negative values
+    text: str  # the quantizer as QKeras prints it
+
+
+def describe(quantizer: object) -> str:
+    return str(quantizer)
+
+
+def _po2(value: object) -> float:
+    return float(2.0 ** float(np.asarray(value)))
+
+
+def quantizer_spec(quantizer: object, where: str, *, allow_wide: bool = False) -> QSpec:
+    """Interpret a QKeras quantizer object; ``where`` names the layer/role for errors."""
+    import qkeras
+
+    name = type(quantizer).__name__
+    text = describe(quantizer)
+    if isinstance(quantizer, qkeras.binary):
+        if getattr(quantizer, "use_01", False):
+            raise BnnError(
+                f"{where}: quantizer {text} (use_01=True, values 0/1) is not supported; "
+                f"supported: {SUPPORTED_QUANTIZERS}"
+            )
+        alpha = quantizer.alpha
+        per_channel = isinstance(alpha, str)
+        if not per_channel and alpha not in (None, 1, 1.0):
+            raise BnnError(
+                f"{where}: quantizer {text} with alpha={alpha!r} is not supported; "
+                f"supported: {SUPPORTED_QUANTIZERS}"
+            )
+        return QSpec("binary", 1.0, 0, per_channel, False, text)
+    if isinstance(quantizer, qkeras.quantized_relu):
+        bits = int(quantizer.bits)
+        if bits > 8:
+            raise BnnError(f"{where}: {text} has {bits} bits; supported: {SUPPORTED_QUANTIZERS}")
+        if getattr(quantizer, "negative_slope", 0.0):
+            raise BnnError(f"{where}: {text} (leaky) is not supported; {SUPPORTED_QUANTIZERS}")
+        step = _po2(float(quantizer.integer) - bits)
+        return QSpec("int8", step, -128, False, True, text)
+    if isinstance(quantizer, qkeras.quantized_bits):
+        bits = int(quantizer.bits)
+        alpha = quantizer.alpha
+        per_channel = isinstance(alpha, str)
+        if not per_channel and alpha not in (None, 1, 1.0):
+            raise BnnError(
+                f"{where}: {text}: a fixed alpha={alpha!r} is not supported; "
+                f"use alpha=1, 'auto' or 'auto_po2'"
+            )
+        if bits > 8:
+            if not allow_wide:
+                raise BnnError(
+                    f"{where}: {text} has {bits} bits; supported: {SUPPORTED_QUANTIZERS}"
+                )
+            return QSpec("int32", _po2(float(quantizer.integer) - bits + 1), 0, False, False, text)
+        if quantizer.keep_negative:
+            return QSpec(
+                "int8", _po2(float(quantizer.integer) - bits + 1), 0, per_channel, False, text
+            )
+        return QSpec("int8", _po2(float(quantizer.integer) - bits), -128, per_channel, True, text)
+    raise BnnError(
+        f"{where}: quantizer {name} ({text}) is not supported; supported: {SUPPORTED_QUANTIZERS}"
+    )
+
+
+def quantize_weights(
+    quantizer: object, weights: np.ndarray, spec: QSpec, channel_axis: int, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the trained quantizer to float weights and return (integers, per-channel steps).
+
+    The integers are exact: QKeras' own output divided by the step must be integral (checked).
+    Binary weights come back as int8 +1/-1 with step 1 (or the per-channel alpha).
+    """
+    import tensorflow as tf
+
+    q = np.asarray(quantizer(tf.constant(weights, tf.float32)), dtype=np.float64)
+    channels = weights.shape[channel_axis]
+    if spec.per_channel:
+        scale = np.asarray(quantizer.scale, dtype=np.float64).reshape(-1)
+        if spec.dtype == "binary":
+            steps = np.broadcast_to(scale, (channels,)).astype(np.float64)
+        else:
+            m = 2.0 ** (int(quantizer.bits) - int(bool(quantizer.keep_negative)))
+            m_i = 2.0 ** float(quantizer.integer)
+            steps = np.broadcast_to(scale * m_i / m, (channels,)).astype(np.float64)
+    else:
+        steps = np.full((channels,), spec.step, np.float64)
+    shape = [1] * weights.ndim
+    shape[channel_axis] = channels
+    safe = np.where(steps == 0, 1.0, steps).reshape(shape)
+    ints = np.rint(q / safe)
+    if np.max(np.abs(q / safe - ints), initial=0.0) > 1e-3:
+        raise BnnError(f"{where}: weights quantized by {spec.text} do not fall on its grid")
+    if spec.dtype == "binary":
+        ints = np.where(ints >= 0, 1, -1)
+    ints = np.clip(ints + (spec.zero_point if spec.dtype == "int8" else 0), -128, 127)
+    return ints.astype(np.int8), steps

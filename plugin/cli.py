@@ -1,0 +1,177 @@
+"""The `bnncube` command line (stedgeai-compatible where the commands overlap).
+
+Each command is a thin layer over library functions. Errors in what the user gave (files, layers,
+options) are one line on stderr and exit status 2; a validation that misses its bar exits 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+
+import click
+
+from bnncube import __version__
+from bnncube.errors import BnnError, ValidationFailed
+
+C_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def quiet_third_party() -> None:
+    """Silence the warnings TensorFlow, QKeras and friends print on every import."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    for category in (DeprecationWarning, FutureWarning, UserWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in ("tensorflow", "absl", "h5py", "qkeras", "larq"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # TensorFlow's C++ side logs (CUDA probing, oneDNN) before its log level applies: import it
+    # with file descriptor 2 pointed at /dev/null, then restore stderr.
+    from bnncube.fsutil import stderr_fd_silenced
+
+    with stderr_fd_silenced():
+        import tensorflow
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tensorflow.get_logger().setLevel(logging.ERROR)
+
+
+def check_c_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not C_NAME.match(value):
+        raise click.BadParameter(f"{value!r} is not a C identifier", ctx, param)
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bnncube")
+def cli() -> None:
+    """bnncube: binary and hybrid (1-bit + 8-bit) networks on STM32 microcontrollers."""
+    quiet_third_party()
+
+
+@cli.command()
+@click.option(
+    "-m",
+    "--model",
+    "model",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Model file: .h5/.keras (Keras, QKeras) or .tflite (int8).",
+)
+@click.option(
+    "-t",
+    "--type",
+    "model_type",
+    type=click.Choice(["keras", "tflite", "onnx"]),
+    default=None,
+    help="Force the model type instead of guessing it from the suffix.",
+)
+@click.option(
+    "-n",
+    "--name",
+    "c_name",
+    default="network",
+    show_default=True,
+    callback=check_c_name,
+    help="C name of the network (names the report files).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    default="st_ai_output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the report files.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the report.")
+def analyze(model: str, model_type: str | None, c_name: str, output: str, quiet: bool) -> None:
+    """Per-layer MACC, weights and activations of a model; writes NAME_analyze_report.{txt,json}."""
+    from bnncube.analyze import analyze_graph, format_report, write_reports
+    from bnncube.converters.loader import load_model
+    from bnncube.converters.loader import model_type as detect_type
+
+    kind = detect_type(model, model_type)
+    graph = load_model(model, kind)
+    report = analyze_graph(graph, c_name, model, kind)
+    if not quiet:
+        click.echo(format_report(report), nl=False)
+    written = write_reports(report, output, c_name)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@cli.group()
+def zoo() -> None:
+    """The paper's networks."""
+
+
+@zoo.command("build")
+@click.argument("network", type=click.Choice(["mnv2_fp", "mnv2_i8", "hybrid"]))
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Model file to write: .h5 or .keras (mnv2_fp, hybrid), .tflite (mnv2_i8).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of the random initial weights (and generated calibration images).",
+)
+@click.option(
+    "--calib",
+    default=None,
+    type=click.Path(),
+    help="mnv2_i8: folder of face images for calibration (default: generated images).",
+)
+@click.option(
+    "--calib-count",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 10000),
+    help="mnv2_i8: number of calibration images.",
+)
+def zoo_build(network: str, output: str, seed: int, calib: str | None, calib_count: int) -> None:
+    """Build NETWORK (untrained weights) and write it to a model file."""
+    from bnncube.zoo.build import build
+
+    build(network, output, seed=seed, calib=calib, calib_count=calib_count, log=click.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning user errors into one line and an exit status."""
+    try:
+        result = cli.main(args=argv, prog_name="bnncube", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        where = f" ({exc.ctx.command_path})" if exc.ctx is not None else ""
+        click.echo(f"error{where}: {exc.format_message()}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except (BnnError, ValidationFailed) as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

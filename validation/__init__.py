@@ -1,0 +1,1 @@
+"""Validation: output comparisons, emulated target runs and LFW accuracy (later issues)."""
