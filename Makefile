@@ -1,0 +1,62 @@
+# bnncube: `make demo` runs the main job on the built-in default, `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bnncube-installed
+DEMO   ?= build/demo
+APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi qemu-system-arm
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: setup system-packages test test-fast demo bench lint format clean
+
+setup: $(STAMP) system-packages
+
+# The Python environment: the pinned stack of DESIGN.md section 2, resolved through constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+# The ARM toolchain and QEMU (for the emulated Cortex-M7): installed when missing and we are root,
+# otherwise the exact command is printed. Tests that need them skip with a reason when absent.
+system-packages:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  if command -v dpkg >/dev/null 2>&1; then dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	  else case $$p in gcc-arm-none-eabi) command -v arm-none-eabi-gcc >/dev/null || missing="$$missing $$p";; \
+	       qemu-system-arm) command -v qemu-system-arm >/dev/null || missing="$$missing $$p";; esac; fi; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "missing system packages:$$missing"; \
+	  echo "install them with: sudo apt-get update && sudo apt-get install -y$$missing"; \
+	fi
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+demo: setup
+	mkdir -p $(DEMO)
+	$(BIN)/bnncube zoo build hybrid -o $(DEMO)/hybrid.h5
+	$(BIN)/bnncube analyze -m $(DEMO)/hybrid.h5 -n hybrid -o $(DEMO)
+
+bench: setup
+	$(BIN)/python bench/zoo_footprint.py --out bench/results
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf build st_ai_output st_ai_ws bench/results .pytest_cache
