@@ -11,6 +11,7 @@ the quantizer, never recalibrating): int8 for ``quantized_bits``, +1/-1 for ``bi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,15 @@ def load_keras_model(path: str | Path) -> Any:
         if not zipfile.is_zipfile(path):
             raise BnnError(f"{path}: not a Keras .keras model (not a zip archive)")
     try:
-        model = tf.keras.models.load_model(path, custom_objects=custom_objects(), compile=False)
+        if path.suffix.lower() == ".keras":
+            model = _load_keras_v3(path)
+        else:
+            model = tf.keras.models.load_model(path, custom_objects=custom_objects(), compile=False)
     except BnnError:
         raise
     except Exception as exc:  # Keras raises many types; all mean "this file is not usable"
         message = " ".join(str(exc).split())
+        message = re.sub(r" (at|from) <[^>]* at 0x[0-9a-f]+>", "", message)
         if "Unknown layer" in message or "Unknown" in message and "layer" in message.lower():
             first = message.split(".")[0]
             raise BnnError(f"{path}: {first}; supported layers: {SUPPORTED_LAYERS}") from None
@@ -67,6 +72,45 @@ def load_keras_model(path: str | Path) -> Any:
     if not isinstance(model, tf.keras.Model):
         raise BnnError(f"{path}: does not hold a Keras model")
     return model
+
+
+def _quantizer_dicts_to_strings(node: Any) -> Any:
+    """Keras-3-format configs hold QActivation quantizers as nested dicts that QActivation's
+    from_config cannot read; QKeras reads its own string form (``quantized_bits(bits=8, ...)``)."""
+    if isinstance(node, dict):
+        if node.get("module") == "qkeras.quantizers" and isinstance(node.get("config"), dict):
+            args = ", ".join(f"{key}={value!r}" for key, value in node["config"].items())
+            return f"{node['class_name']}({args})"
+        return {key: _quantizer_dicts_to_strings(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_quantizer_dicts_to_strings(value) for value in node]
+    return node
+
+
+def _load_keras_v3(path: Path) -> Any:
+    """Load a `.keras` archive, rewriting QKeras activation quantizers QKeras cannot reload."""
+    import json
+    import tempfile
+    import zipfile
+
+    import tensorflow as tf
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    if "config.json" not in members:
+        raise BnnError(f"{path}: not a Keras .keras model (no config.json inside)")
+    config = json.loads(members["config.json"])
+    for layer in config.get("config", {}).get("layers", []):
+        if layer.get("class_name") in ("QActivation", "QConv2D", "QDepthwiseConv2D", "QDense"):
+            activation = layer.get("config", {}).get("activation")
+            layer["config"]["activation"] = _quantizer_dicts_to_strings(activation)
+    members["config.json"] = json.dumps(config).encode()
+    with tempfile.TemporaryDirectory() as tmp:
+        patched = Path(tmp) / path.name
+        with zipfile.ZipFile(patched, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        return tf.keras.models.load_model(patched, custom_objects=custom_objects(), compile=False)
 
 
 def load_keras(path: str | Path, *, lower: bool = True) -> Graph:

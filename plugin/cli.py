@@ -110,7 +110,7 @@ def zoo() -> None:
 
 
 @zoo.command("build")
-@click.argument("network", type=click.Choice(["mnv2_fp", "mnv2_i8", "hybrid"]))
+@click.argument("network", metavar="NETWORK", type=click.Choice(["mnv2_fp", "mnv2_i8", "hybrid"]))
 @click.option(
     "-o",
     "--output",

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bnncube.errors import BnnError
+
 
 @contextmanager
 def atomic_output_file(path: str | Path) -> Iterator[Path]:
@@ -16,6 +18,8 @@ def atomic_output_file(path: str | Path) -> Iterator[Path]:
     On any exception (or Ctrl-C) the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise BnnError(f"{path}: folder {path.parent} does not exist or is not a folder")
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent
     )
@@ -46,9 +50,13 @@ def stderr_fd_silenced() -> Iterator[None]:
 def write_text_files(files: dict[Path, str]) -> None:
     """Write several text files so that either all of them land or none does."""
     staged: list[tuple[Path, Path]] = []
+    for folder in {path.parent for path in files}:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BnnError(f"cannot create output folder {folder}: {exc.strerror}") from None
     try:
         for path, text in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)

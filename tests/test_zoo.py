@@ -158,3 +158,20 @@ def test_analyze_cli_on_zoo(request, tmp_path, capsys, fixture, network, paper_m
     assert paper_rows["macc"]["ours"] == report["macc"]
     for row in report["paper"]:
         assert ("note" in row) == (abs(row["diff_pct"]) > 15)
+
+
+def test_hybrid_keras_format_equals_h5(hybrid_h5, tmp_path):
+    """The `.keras` archive (Keras 3 config layout) reads back to the same deployed graph."""
+    import numpy as np
+
+    from bnncube.converters.figures import layer_figures
+    from bnncube.zoo.build import build
+
+    keras_file = build("hybrid", tmp_path / "hybrid.keras", seed=1, log=lambda _: None)
+    from_h5, from_keras = load_model(hybrid_h5), load_model(keras_file)
+    assert layer_figures(from_h5) == layer_figures(from_keras)
+    for name, tensor in from_h5.tensors.items():
+        if tensor.is_const:
+            other = from_keras.tensors[name]
+            assert other.dtype == tensor.dtype
+            assert np.array_equal(other.data, tensor.data), name

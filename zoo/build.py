@@ -103,15 +103,16 @@ def build(
         raise BnnError(f"option --seed: {seed} must be >= 0")
     if calib is not None and network != "mnv2_i8":
         raise BnnError("option --calib: only mnv2_i8 is calibrated (post-training quantization)")
-    if not output.parent.exists():
-        raise BnnError(f"option -o: folder {output.parent} does not exist")
+    if not output.parent.is_dir():
+        raise BnnError(f"option -o: folder {output.parent} does not exist or is not a folder")
+    if calib is not None:  # read the images before the long build, so a bad folder fails fast
+        images = load_calibration_images(calib, calib_count)
     if network == "hybrid":
         model = networks.build_hybrid(seed)
     else:
         model = networks.build_mnv2_fp(seed)
     if network == "mnv2_i8":
         if calib is not None:
-            images = load_calibration_images(calib, calib_count)
             log(f"calibration: {len(images)} images from {calib}")
         else:
             images = generated_images(calib_count, seed)
