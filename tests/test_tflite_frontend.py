@@ -17,6 +17,7 @@ schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
 
 from bnncube.converters.tflite_frontend import (  # noqa: E402
     SUPPORTED_OPS,
+    _readable_op_name,
     add_tflite_metadata,
     load_tflite,
     same_pads,
@@ -279,9 +280,10 @@ def test_mixed_model_op_types(mixed):
     (sm,) = _ops(g, "Softmax")
     assert _out_shape(g, sm) == (1, 5)
 
-    # every op's name is its output tensor's; every tensor is referenced
+    # every op is named after its output tensor, shortened to the Keras layer name
     for op in g.ops:
-        assert op.name == op.outputs[0]
+        assert op.name == _readable_op_name(op.outputs[0])
+        assert "/" not in op.name and ";" not in op.name
         for t in op.inputs:
             assert t in g.tensors
     g.validate()
@@ -465,3 +467,10 @@ def test_two_subgraphs_rejected(conv_relu, tmp_path):
     path = _write(tmp_path, "two.tflite", _edit(buf, dup))
     with pytest.raises(BnnError, match="2 subgraphs"):
         load_tflite(path)
+
+
+def test_readable_op_names():
+    long = "mnv2_fp/block_1_depthwise_relu/Relu6;mnv2_fp/block_1_depthwise_BN/FusedBatchNormV3"
+    assert _readable_op_name(long) == "block_1_depthwise_relu"
+    assert _readable_op_name("StatefulPartitionedCall:0") == "StatefulPartitionedCall:0"
+    assert _readable_op_name("a/b") == "a/b"
