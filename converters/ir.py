@@ -41,17 +41,17 @@ OP_TYPES: dict[str, str] = {
     "BinaryConv2D": "strides, pads, pad_value (0 QKeras / 1 Larq), activation, (x binary, w binary"
     "[, multiplier, offset])",
     "Add": "activation, (a, b)",
-    "AveragePool2D": "pool, strides, pads, activation",
+    "AveragePool2D": "pool, strides, pads, activation; divides by the valid (unpadded) taps",
     "MaxPool2D": "pool, strides, pads, activation",
     "Mean": "axes, keepdims",
     "Reshape": "(x) -> shape of the output tensor",
-    "Pad": "pads [top,bottom,left,right], (x)",
+    "Pad": "pads [top,bottom,left,right], (x); fills with real zero (the zero point if int8)",
     "Quantize": "(x float/int) -> int8/uint8 with the output tensor's quant",
     "Dequantize": "(x int8) -> float32",
     "Bitpack": "(x int8 or float) -> binary; threshold is the value 0 (zero point for int8)",
     "BatchNorm": "gamma, beta, mean, variance, epsilon (removed by fold_batchnorm)",
     "Activation": "activation in ACTIVATIONS (removed by fuse_activations where possible)",
-    "Softmax": "(x)",
+    "Softmax": "(x), beta 1",
 }
 
 ACTIVATIONS = ("none", "relu", "relu6", "linear")
