@@ -261,7 +261,7 @@ class _Builder:
         act = getattr(layer, "activation", None)
         if act is None:
             return out
-        if callable(act) and hasattr(act, "__name__") or act is None:
+        if hasattr(act, "__name__"):  # a Keras activation function (QKeras: quantizer objects)
             name = _activation_name(act, f"layer {layer.name!r}")
             if name == "none":
                 return out
