@@ -15,10 +15,15 @@ Weight bytes are counted as deployed:
 * binary filters: packed, ``ceil(Ci/32)`` 32-bit words per (output channel, tap): the bitpacked
   layout of DESIGN section 5 (1 bit per weight plus padding to a word);
 * int8 filters: 1 byte per weight; float32: 4 bytes; int32 bias: 4 bytes per output channel;
-* per-channel parameters of a quantized MAC op: requantization multiplier and shift (int32 each,
-  8 bytes per output channel) when its output is int8; a dequantization scale (float32, 4 bytes
-  per output channel) when its output is float32; a folded BatchNorm without a bias adds the
-  int32 offset (4 bytes per channel) that takes the bias' place.
+* the constants of an explicit output transform (QKeras models, docs/ir.md) as stored: ``affine``
+  int32 multiplier + int8 shift + int64 offset = 13 bytes per output channel; ``float`` 8;
+  ``threshold`` 5;
+* TFLite-style ops (``tflite`` transform), whose requantization constants the code generator
+  derives from the scales: int32 multiplier and shift (8 bytes per output channel) when the
+  output is int8, a dequantization scale (4 bytes per channel) when it is float32.
+
+Parameters (``params``) count the weights and the per-channel bias, or the offset that holds it
+in an explicit transform.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bnncube.converters.ir import MAC_OPS, Graph, Op
+from bnncube.converters.ir import MAC_OPS, Graph, Op, data_inputs, transform_of
 
 ELEMENTWISE = ("Add", "Quantize", "Dequantize", "Bitpack", "Activation", "Softmax", "BatchNorm")
 LAYOUT = ("Reshape", "Pad")
@@ -98,7 +103,7 @@ def op_precision(graph: Graph, op: Op) -> str:
 
 def _weights_bytes(graph: Graph, op: Op) -> int:
     total = sum(t.nbytes for t in graph.const_inputs(op))
-    if op.type in MAC_OPS:
+    if op.type in MAC_OPS and transform_of(op) == "tflite":
         w = graph.tensors[op.inputs[1]]
         channels = w.shape[3] if op.type == "DepthwiseConv2D" else w.shape[0]
         out_dtype = graph.tensors[op.outputs[0]].dtype
@@ -108,14 +113,22 @@ def _weights_bytes(graph: Graph, op: Op) -> int:
                 total += 8 * channels  # requantization multiplier + shift
             elif out_dtype == "float32":
                 total += 4 * channels  # dequantization scale
-            has_bias = len(op.inputs) > 2
-            if not has_bias and "channel_offset" in op.attrs:
-                total += 4 * channels  # int32 offset in place of a bias
     return total
 
 
 def op_params(graph: Graph, op: Op) -> int:
-    return sum(t.num_elements for t in graph.const_inputs(op))
+    transform = transform_of(op)
+    total = 0
+    for i, name in enumerate(op.inputs):
+        tensor = graph.tensors[name]
+        if not tensor.is_const:
+            continue
+        extra = i - data_inputs(op)
+        if extra < 0 or (transform == "tflite" and extra == 0):
+            total += tensor.num_elements  # weights, TFLite bias
+        elif transform in ("affine", "float") and name.endswith("/offset") and op.type != "Add":
+            total += tensor.num_elements  # the offset holds the bias
+    return total
 
 
 def layer_figures(graph: Graph) -> list[LayerFigures]:

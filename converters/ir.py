@@ -11,7 +11,8 @@ Conventions
 * Conv filters are OHWI; depthwise filters are 1HW(C*M) as in TFLite; dense weights are [out, in].
 * ``Tensor.dtype`` is the *deployed* element type:
 
-  - ``float32``, ``int8``, ``uint8``, ``int32``: ordinary arrays;
+  - ``float32``, ``int8``, ``uint8``, ``int32``, ``int64`` (constants of output transforms only):
+    ordinary arrays;
   - ``binary``: 1-bit values (+1 / -1).  Activations of this type are bitpacked along the channel
     axis into 32-bit words, LSB first, bit 1 meaning -1 (DESIGN section 5), so a row of C channels
     takes ``ceil(C / 32)`` words.  Binary constants (filters) are held unpacked in ``data`` as
@@ -31,27 +32,39 @@ from typing import Any
 
 import numpy as np
 
-DTYPES = ("float32", "int8", "uint8", "int32", "binary")
+DTYPES = ("float32", "int8", "uint8", "int32", "int64", "binary")
 
 # op type -> the attributes it may carry (all optional unless noted)
 OP_TYPES: dict[str, str] = {
-    "Conv2D": "strides, pads [top,bottom,left,right], dilations, activation, (inputs: x, w[, b])",
-    "DepthwiseConv2D": "strides, pads, dilations, depth_multiplier, activation, (x, w[, b])",
-    "Dense": "activation, (x, w[, b])",
-    "BinaryConv2D": "strides, pads, pad_value (0 QKeras / 1 Larq), activation, (x binary, w binary"
-    "[, multiplier, offset])",
-    "Add": "activation, (a, b)",
+    "Conv2D": "strides, pads [top,bottom,left,right], dilations, activation, output_transform, "
+    "(inputs: x, w, then the transform's constants)",
+    "DepthwiseConv2D": "strides, pads, dilations, depth_multiplier, activation, output_transform, "
+    "(x, w, constants)",
+    "Dense": "activation, output_transform, (x, w, constants)",
+    "BinaryConv2D": "strides, pads, pad_value (0 QKeras / 1 Larq), activation, output_transform, "
+    "(x binary, w binary, constants)",
+    "Add": "activation, output_transform, (a, b, constants)",
     "AveragePool2D": "pool, strides, pads, activation; divides by the valid (unpadded) taps",
     "MaxPool2D": "pool, strides, pads, activation",
     "Mean": "axes, keepdims",
     "Reshape": "(x) -> shape of the output tensor",
     "Pad": "pads [top,bottom,left,right], (x); fills with real zero (the zero point if int8)",
-    "Quantize": "(x float/int) -> int8/uint8 with the output tensor's quant",
+    "Quantize": "(x float/int) -> int8/uint8 with the output tensor's quant; rounding "
+    "(float input), output_transform (int8 input)",
     "Dequantize": "(x int8) -> float32",
     "Bitpack": "(x int8 or float) -> binary; threshold is the value 0 (zero point for int8)",
     "BatchNorm": "gamma, beta, mean, variance, epsilon (removed by fold_batchnorm)",
     "Activation": "activation in ACTIVATIONS (removed by fuse_activations where possible)",
     "Softmax": "(x), beta 1",
+}
+
+# output_transform -> the constant inputs that follow the op's data inputs (docs/ir.md).
+# "tflite" (or no attribute): an optional int32 bias for MAC ops, nothing for Add / Quantize.
+OUTPUT_TRANSFORMS: dict[str, tuple[str, ...]] = {
+    "tflite": ("bias",),
+    "affine": ("multiplier", "shift", "offset"),
+    "float": ("scale", "offset"),
+    "threshold": ("threshold", "direction"),
 }
 
 ACTIVATIONS = ("none", "relu", "relu6", "linear")
@@ -114,7 +127,19 @@ class Tensor:
                 return 4
             rows = int(math.prod(self.shape[:-1])) if len(self.shape) > 1 else 1
             return rows * packed_words(self.shape[-1]) * 4
-        return self.num_elements * {"float32": 4, "int32": 4, "int8": 1, "uint8": 1}[self.dtype]
+        sizes = {"float32": 4, "int32": 4, "int64": 8, "int8": 1, "uint8": 1}
+        return self.num_elements * sizes[self.dtype]
+
+
+def data_inputs(op: Op) -> int:
+    """How many of ``op``'s inputs are data (activations and weights) rather than the constants
+    of its output transform: 2 for MAC ops and Add, 1 otherwise."""
+    return 2 if op.type in MAC_OPS or op.type == "Add" else 1
+
+
+def transform_of(op: Op) -> str:
+    """The op's output transform (``"tflite"`` when the attribute is absent)."""
+    return str(op.attrs.get("output_transform", "tflite"))
 
 
 def packed_words(channels: int) -> int:

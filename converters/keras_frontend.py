@@ -285,7 +285,12 @@ class _Builder:
             raise BnnError(f"{where}: activations need a fixed grid, got {spec.text}")
         quant = Quant.per_tensor(spec.step, spec.zero_point, spec.text)
         out = self.new_tensor(name, shape, "int8", quant)
-        attrs = {"quantizer": spec.text, "activation": "relu" if spec.relu else "none"}
+        attrs = {
+            "quantizer": spec.text,
+            "activation": "relu" if spec.relu else "none",
+            "qrange": (spec.qmin, spec.qmax),
+            "rounding": "half_even",  # QKeras rounds with tf.round
+        }
         self.graph.add_op(Op(name, "Quantize", [src], [out], attrs))
         return out
 

@@ -14,17 +14,31 @@
 3. ``fuse_activations``: a ReLU/ReLU6 right after a MAC op or Add becomes its ``activation``.
 4. ``fuse_quantize``: a ``Quantize`` right after a MAC op or Add (its only consumer) makes the op
    write the quantized tensor directly (the int8 requantization of TFLite's kernels).
+5. ``fuse_bitpack``: a ``Bitpack`` right after a ``BinaryConv2D`` whose output is still float
+   (BatchNorm folded, no quantizer between) makes the convolution write packed bits directly.
+
+Then, for QKeras models only, ``quantized_output_transforms`` replaces the folded float
+``channel_scale``/``channel_offset``, the bias and the tensor scales of every quantized op by the
+integer constants of its output transform (docs/ir.md, "Deployed op semantics";
+:mod:`bnncube.converters.transforms`).
 
 Each pass only fuses when the intermediate tensor has a single consumer and is not a graph output.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 
-from bnncube.converters.ir import MAC_OPS, Graph, Op
+from bnncube.converters.ir import MAC_OPS, Graph, Op, Tensor
+from bnncube.converters.transforms import (
+    affine_constants,
+    shared_shift_constants,
+    threshold_constants,
+)
+from bnncube.errors import BnnError
 
 FUSE_TARGETS = MAC_OPS + ("Add",)
 
@@ -152,7 +166,26 @@ def fuse_quantize(graph: Graph) -> bool:
         ):
             producer.attrs["activation"] = "relu"
         producer.attrs["output_quantizer"] = q.attrs.get("quantizer", "")
+        if "qrange" in q.attrs:
+            producer.attrs["output_qrange"] = q.attrs["qrange"]
         _rewire_output(graph, producer, q)
+        changed = True
+    return changed
+
+
+def fuse_bitpack(graph: Graph) -> bool:
+    changed = False
+    for pack in list(graph.ops):
+        if pack.type != "Bitpack":
+            continue
+        producer = graph.producer(pack.inputs[0])
+        if producer is None or producer.type != "BinaryConv2D":
+            continue
+        if graph.tensors[pack.inputs[0]].dtype != "float32":
+            continue
+        if _single_consumer(graph, pack.inputs[0]) is not pack:
+            continue
+        _rewire_output(graph, producer, pack)
         changed = True
     return changed
 
@@ -162,7 +195,193 @@ PASSES: tuple[Callable[[Graph], bool], ...] = (
     fold_batchnorm,
     fuse_activations,
     fuse_quantize,
+    fuse_bitpack,
 )
+
+
+# --------------------------------------------------------------------------------------------
+# integer output transforms (QKeras models)
+# --------------------------------------------------------------------------------------------
+
+
+def _scale_zp(tensor: Tensor, where: str) -> tuple[float, int]:
+    if tensor.dtype == "binary":
+        return 1.0, 0
+    if tensor.quant is None:
+        raise BnnError(f"{where}: tensor {tensor.name!r} has no quantization parameters")
+    scale = float(tensor.quant.scale.reshape(-1)[0])
+    if not math.isfinite(scale) or scale <= 0.0:
+        raise BnnError(f"{where}: tensor {tensor.name!r} has scale {scale}; it must be > 0")
+    return scale, int(tensor.quant.zero_point.reshape(-1)[0])
+
+
+def _weight_scales(w: Tensor, channels: int, where: str) -> np.ndarray:
+    if w.dtype == "binary" and w.quant is None:
+        return np.ones(channels)
+    if w.quant is None:
+        raise BnnError(f"{where}: weights {w.name!r} have no quantization parameters")
+    if np.any(w.quant.zero_point != 0):
+        raise BnnError(f"{where}: weights {w.name!r} have a non-zero zero point; supported: 0")
+    scales = np.broadcast_to(np.asarray(w.quant.scale, np.float64).reshape(-1), (channels,))
+    if not np.all(np.isfinite(scales)):
+        raise BnnError(f"{where}: weights {w.name!r} have a NaN or Inf scale")
+    return scales
+
+
+def _acc_bound(graph: Graph, op: Op) -> int:
+    """Largest |accumulator| the op's shapes and input type allow."""
+    x = graph.tensors[op.inputs[0]]
+    w = graph.tensors[op.inputs[1]]
+    if op.type == "BinaryConv2D":
+        return int(math.prod(w.shape[1:]))
+    taps = int(math.prod(w.shape[1:3])) if op.type == "DepthwiseConv2D" else int(w.shape[-1])
+    if op.type == "Conv2D":
+        taps = int(math.prod(w.shape[1:]))
+    in_range = 255 if x.dtype in ("int8", "uint8") else 1
+    return taps * in_range * 128
+
+
+def _clamp(op: Op, out: Tensor) -> tuple[int, int]:
+    from bnncube.converters.reference import activation_range
+
+    lo, hi = op.attrs.get("output_qrange", (-128, 127) if out.dtype == "int8" else (0, 255))
+    a_lo, a_hi = activation_range(op.attrs.get("activation", "none"), out.quant, out.dtype)
+    return max(int(lo), a_lo), min(int(hi), a_hi)
+
+
+def _const(graph: Graph, op: Op, role: str, data: np.ndarray, dtype: str) -> str:
+    return graph.add_const(f"{op.name}/{role}", data, dtype)
+
+
+def _mac_transform(graph: Graph, op: Op) -> None:
+    where = f"layer {op.name!r}"
+    x, w, out = (
+        graph.tensors[op.inputs[0]],
+        graph.tensors[op.inputs[1]],
+        graph.tensors[op.outputs[0]],
+    )
+    if w.dtype not in ("int8", "binary"):
+        if x.dtype != "float32" or out.dtype != "float32":
+            raise BnnError(
+                f"{where}: float weights between quantized tensors are not supported; "
+                "quantize the weights (kernel_quantizer) or keep the layer float"
+            )
+        return
+    if x.dtype == "float32":
+        raise BnnError(
+            f"{where}: quantized weights on a float input are not supported; put a "
+            "QActivation before the layer so that its input is quantized"
+        )
+    channels = w.shape[3] if op.type == "DepthwiseConv2D" else w.shape[0]
+    s_in, _ = _scale_zp(x, where)
+    s_w = _weight_scales(w, channels, where)
+    bias = np.zeros(channels)
+    if len(op.inputs) > 2:
+        b = graph.tensors[op.inputs[2]]
+        step = float(b.quant.scale.reshape(-1)[0]) if b.quant is not None else 1.0
+        # an unquantized (float) bias is folded into the offset as it is
+        bias = np.asarray(b.data, np.float64).reshape(-1) * step
+    scale = np.asarray(op.attrs.pop("channel_scale", np.ones(channels)), np.float64)
+    shift = np.asarray(op.attrs.pop("channel_offset", np.zeros(channels)), np.float64)
+    m = scale * s_in * s_w  # real output per unit of accumulator
+    b_real = scale * bias + shift
+    bound = _acc_bound(graph, op)
+    op.inputs = op.inputs[:2]
+    if out.dtype in ("int8", "uint8"):
+        s_out, zp_out = _scale_zp(out, where)
+        mult, shifts, offset = affine_constants(m / s_out, b_real / s_out + zp_out, bound, where)
+        op.inputs += [
+            _const(graph, op, "multiplier", mult, "int32"),
+            _const(graph, op, "shift", shifts, "int8"),
+            _const(graph, op, "offset", offset, "int64"),
+        ]
+        op.attrs["output_transform"] = "affine"
+        op.attrs["clamp"] = _clamp(op, out)
+    elif out.dtype == "float32":
+        op.inputs += [
+            _const(graph, op, "scale", m.astype(np.float32), "float32"),
+            _const(graph, op, "offset", b_real.astype(np.float32), "float32"),
+        ]
+        op.attrs["output_transform"] = "float"
+    elif out.dtype == "binary":
+        if op.attrs.get("activation", "none") != "none":
+            raise BnnError(f"{where}: a fused ReLU before a binarization is not supported")
+        thresholds, directions = threshold_constants(m, b_real, bound, where)
+        op.inputs += [
+            _const(graph, op, "threshold", thresholds, "int32"),
+            _const(graph, op, "direction", directions, "int8"),
+        ]
+        op.attrs["output_transform"] = "threshold"
+    else:
+        raise BnnError(f"{where}: output type {out.dtype} is not supported")
+
+
+def _add_transform(graph: Graph, op: Op) -> None:
+    where = f"layer {op.name!r}"
+    a, b, out = (graph.tensors[n] for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    kinds = {a.dtype, b.dtype, out.dtype}
+    if kinds == {"float32"}:
+        return
+    if out.dtype == "float32" or "float32" in kinds or "binary" in kinds:
+        raise BnnError(
+            f"{where}: Add of quantized tensors needs a QActivation after it (and quantized "
+            "inputs on both sides)"
+        )
+    s_a, zp_a = _scale_zp(a, where)
+    s_b, zp_b = _scale_zp(b, where)
+    s_o, zp_o = _scale_zp(out, where)
+    mult, shifts, offset = shared_shift_constants([s_a / s_o, s_b / s_o], zp_o, 255, where)
+    op.inputs += [
+        _const(graph, op, "multiplier", mult, "int32"),
+        _const(graph, op, "shift", shifts, "int8"),
+        _const(graph, op, "offset", offset, "int64"),
+    ]
+    op.attrs["output_transform"] = "affine"
+    op.attrs["clamp"] = _clamp(op, out)
+
+
+def _requantize_transform(graph: Graph, op: Op) -> None:
+    where = f"layer {op.name!r}"
+    x, out = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    if x.dtype == "float32":
+        op.attrs.setdefault("rounding", "half_even")
+        return
+    s_in, _ = _scale_zp(x, where)
+    s_o, zp_o = _scale_zp(out, where)
+    mult, shifts, offset = shared_shift_constants([s_in / s_o], zp_o, 255, where)
+    op.inputs += [
+        _const(graph, op, "multiplier", mult, "int32"),
+        _const(graph, op, "shift", shifts, "int8"),
+        _const(graph, op, "offset", offset, "int64"),
+    ]
+    op.attrs["output_transform"] = "affine"
+    op.attrs["clamp"] = _clamp(op, out)
+
+
+def _check_keras_op(graph: Graph, op: Op) -> None:
+    if op.type in ("AveragePool2D", "Mean"):
+        if graph.tensors[op.inputs[0]].dtype != "float32":
+            raise BnnError(
+                f"layer {op.name!r}: {op.type} of a quantized tensor is not supported yet in "
+                "QKeras models; supported on quantized tensors: QConv2D, QDepthwiseConv2D, "
+                "QDense, Add, MaxPooling2D, Flatten, QActivation"
+            )
+
+
+def quantized_output_transforms(graph: Graph) -> bool:
+    """Give every quantized op of a QKeras graph its integer output transform (once)."""
+    for op in graph.ops:
+        if "output_transform" in op.attrs:
+            continue
+        if op.type in MAC_OPS:
+            _mac_transform(graph, op)
+        elif op.type == "Add":
+            _add_transform(graph, op)
+        elif op.type == "Quantize":
+            _requantize_transform(graph, op)
+        else:
+            _check_keras_op(graph, op)
+    return False
 
 
 def lower_graph(graph: Graph) -> Graph:
@@ -172,6 +391,8 @@ def lower_graph(graph: Graph) -> Graph:
         changed = False
         for lowering in PASSES:
             changed = lowering(graph) or changed
+    if graph.source_format == "keras":
+        quantized_output_transforms(graph)
     graph.validate()
     graph.prune()
     return graph

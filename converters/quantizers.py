@@ -35,6 +35,8 @@ class QSpec:
     per_channel: bool  # alpha="auto"/"auto_po2": the scale comes from the weights
     relu: bool  # the grid has no negative values
     text: str  # the quantizer as QKeras prints it
+    qmin: int = -128  # the deployed integers it can produce (zero point included)
+    qmax: int = 127
 
 
 def describe(quantizer: object) -> str:
@@ -64,7 +66,7 @@ def quantizer_spec(quantizer: object, where: str, *, allow_wide: bool = False) -
                 f"{where}: quantizer {text} with alpha={alpha!r} is not supported; "
                 f"supported: {SUPPORTED_QUANTIZERS}"
             )
-        return QSpec("binary", 1.0, 0, per_channel, False, text)
+        return QSpec("binary", 1.0, 0, per_channel, False, text, -1, 1)
     if isinstance(quantizer, qkeras.quantized_relu):
         bits = int(quantizer.bits)
         if bits > 8:
@@ -72,7 +74,8 @@ def quantizer_spec(quantizer: object, where: str, *, allow_wide: bool = False) -
         if getattr(quantizer, "negative_slope", 0.0):
             raise BnnError(f"{where}: {text} (leaky) is not supported; {SUPPORTED_QUANTIZERS}")
         step = _po2(float(quantizer.integer) - bits)
-        return QSpec("int8", step, -128, False, True, text)
+        # is_quantized_clip (the default) clips to the top level: integers 0 .. 2**bits - 1
+        return QSpec("int8", step, -128, False, True, text, -128, 2**bits - 1 - 128)
     if isinstance(quantizer, qkeras.quantized_bits):
         bits = int(quantizer.bits)
         alpha = quantizer.alpha
@@ -87,12 +90,38 @@ def quantizer_spec(quantizer: object, where: str, *, allow_wide: bool = False) -
                 raise BnnError(
                     f"{where}: {text} has {bits} bits; supported: {SUPPORTED_QUANTIZERS}"
                 )
-            return QSpec("int32", _po2(float(quantizer.integer) - bits + 1), 0, False, False, text)
-        if quantizer.keep_negative:
             return QSpec(
-                "int8", _po2(float(quantizer.integer) - bits + 1), 0, per_channel, False, text
+                "int32",
+                _po2(float(quantizer.integer) - bits + 1),
+                0,
+                False,
+                False,
+                text,
+                -(2**31),
+                2**31 - 1,
             )
-        return QSpec("int8", _po2(float(quantizer.integer) - bits), -128, per_channel, True, text)
+        if quantizer.keep_negative:
+            low = -(2 ** (bits - 1)) + int(bool(getattr(quantizer, "symmetric", 0)))
+            return QSpec(
+                "int8",
+                _po2(float(quantizer.integer) - bits + 1),
+                0,
+                per_channel,
+                False,
+                text,
+                low,
+                2 ** (bits - 1) - 1,
+            )
+        return QSpec(
+            "int8",
+            _po2(float(quantizer.integer) - bits),
+            -128,
+            per_channel,
+            True,
+            text,
+            -128,
+            2**bits - 1 - 128,
+        )
     raise BnnError(
         f"{where}: quantizer {name} ({text}) is not supported; supported: {SUPPORTED_QUANTIZERS}"
     )

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from bnncube.converters.ir import Graph, Op, Quant, Tensor
+from bnncube.converters.binary_reference import binary_conv_accumulate, bitpack, pack_filters
+from bnncube.converters.ir import Graph, Op, Quant, Tensor, packed_words, transform_of
+from bnncube.converters.transforms import shift_round_half_even
 
 _INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}
 _NP_DTYPES = {
@@ -33,6 +35,7 @@ _NP_DTYPES = {
     "int8": np.int8,
     "uint8": np.uint8,
     "int32": np.int32,
+    "int64": np.int64,
 }
 
 
@@ -255,8 +258,8 @@ def _check_plain(ctx: _Ctx) -> None:
     for key in ("channel_scale", "channel_offset"):
         if key in ctx.op.attrs:
             raise NotImplementedError(
-                f"reference: op {ctx.op.name!r} ({ctx.op.type}) carries a folded per-channel "
-                f"output transform ({key}); not implemented yet"
+                f"reference: op {ctx.op.name!r} ({ctx.op.type}) still carries a folded float "
+                f"output transform ({key}); lower the graph first"
             )
 
 
@@ -274,17 +277,62 @@ def _float_activation(y: np.ndarray, activation: str) -> np.ndarray:
     return y
 
 
+def _affine(ctx: _Ctx, t: np.ndarray, first: int) -> np.ndarray:
+    """``clamp(round_half_even(t / 2**S), lo, hi)``; ``t`` holds ``acc * M`` (or
+    the sum of the input terms) and ``B`` (input ``first + 2``) still to add."""
+    shift = np.asarray(ctx.x(first + 1), np.int64).reshape(-1)
+    offset = np.asarray(ctx.x(first + 2), np.int64).reshape(-1)
+    q = shift_round_half_even(t + offset, shift)
+    lo, hi = ctx.op.attrs["clamp"]
+    return np.clip(q, lo, hi).astype(_NP_DTYPES[ctx.out.dtype])
+
+
+def _mac_output(ctx: _Ctx, acc: np.ndarray, w_scales: Any = None, per_tensor: bool = False):
+    """Turn the integer accumulator ``acc`` (int64, channels last) into the op's output.
+
+    ``tflite``: bias added, then :func:`_requantize_per_channel`; ``affine``:
+    ``clamp(round_half_even((acc * M + B) / 2**S), lo, hi)`` (int64 arithmetic, see
+    :func:`~bnncube.converters.transforms.shift_round_half_even`); ``float``:
+    ``f32(f32(f32(acc) * scale) + offset)`` then the activation; ``threshold``: the packed bits
+    ``acc < T`` (D = 1), ``acc > T`` (D = -1) or ``T`` (D = 0).
+    """
+    transform = transform_of(ctx.op)
+    channels = acc.shape[-1]
+    if transform == "tflite":
+        acc = acc + _bias(ctx, channels)
+        return _requantize_per_channel(acc, ctx, w_scales, float_product=per_tensor)
+    if transform == "affine":
+        mult = np.asarray(ctx.x(2), np.int64).reshape(-1)
+        return _affine(ctx, acc * mult, 2)
+    if transform == "float":
+        scale = np.asarray(ctx.x(2), np.float32).reshape(-1)
+        offset = np.asarray(ctx.x(3), np.float32).reshape(-1)
+        y = (acc.astype(np.float32) * scale).astype(np.float32) + offset
+        return _float_activation(y.astype(np.float32), ctx.op.attrs.get("activation", "none"))
+    if transform == "threshold":
+        t = np.asarray(ctx.x(2), np.int64).reshape(-1)
+        d = np.asarray(ctx.x(3), np.int64).reshape(-1)
+        neg = np.where(d > 0, acc < t, np.where(d < 0, acc > t, t != 0))
+        return bitpack(np.where(neg, -1, 1).astype(np.int8), 0)  # bit 1 where negative
+    raise NotImplementedError(f"reference: output transform {transform!r} is not implemented")
+
+
+def _int_input(ctx: _Ctx) -> bool:
+    return ctx.t(0).dtype in ("int8", "uint8")
+
+
 # --------------------------------------------------------------------------------------------
 # ops
 # --------------------------------------------------------------------------------------------
 
 
 def conv2d(ctx: _Ctx) -> np.ndarray:
-    """Conv2D, int8 x [N,H,W,C], int8 w [O,KH,KW,C] (per-channel scale s_w[o]), int32 bias.
+    """Conv2D, int8 x [N,H,W,C], int8 w [O,KH,KW,C] (per-channel scale s_w[o]).
 
-    ``acc[n,y,x,o] = bias[o] + sum_{i,j,c} w[o,i,j,c] * (x[n, y*sh - top + i*dh,
-    x*sw - left + j*dw, c] - zp_in)`` over the taps inside the input (taps in the padding count
-    0, i.e. the input is padded with its zero point), in int32 (int64 here).  Output:
+    ``acc[n,y,x,o] = sum_{i,j,c} w[o,i,j,c] * (x[n, y*sh - top + i*dh, x*sw - left + j*dw, c]
+    - zp_in)`` over the taps inside the input (taps in the padding count 0, i.e. the input is
+    padded with its zero point), exact (int32 in C, int64 here).  Output by the op's
+    ``output_transform`` (:func:`_mac_output`).  ``tflite``: ``acc += bias[o]``, then
     ``clamp(MultiplyByQuantizedMultiplier(acc, q[o], shift[o]) + zp_out, act_min, act_max)``
     with ``(q[o], shift[o]) = QuantizeMultiplier(double(s_in) * double(s_w[o]) /
     double(s_out))`` and the activation range of :func:`activation_range`.
@@ -295,30 +343,27 @@ def conv2d(ctx: _Ctx) -> np.ndarray:
     x, w = ctx.x(0), ctx.x(1)
     o, kh, kw, c = w.shape
     out_hw = ctx.out.shape[1:3]
-    if _is_int8_op(ctx):
-        _, zp_in = _scalar_quant(ctx.t(0).quant)
-        xp = _pad_hw(x.astype(np.float64) - zp_in, a.get("pads", [0] * 4), 0.0)
-    else:
-        xp = _pad_hw(x.astype(np.float64), a.get("pads", [0] * 4), 0.0)
+    quantized = _int_input(ctx)
+    zp_in = _scalar_quant(ctx.t(0).quant)[1] if quantized else 0
+    xp = _pad_hw(x.astype(np.float64) - zp_in, a.get("pads", [0] * 4), 0.0)
     win = _windows(xp, (kh, kw), a.get("strides", (1, 1)), a.get("dilations", (1, 1)), out_hw)
     n, oh, ow = win.shape[:3]
     cols = win.reshape(n * oh * ow, kh * kw * c)
     acc = cols @ w.reshape(o, kh * kw * c).astype(np.float64).T
     acc = acc.reshape(n, oh, ow, o)
-    if _is_int8_op(ctx):
-        acc = np.rint(acc).astype(np.int64) + _bias(ctx, o)
-        return _requantize_per_channel(acc, ctx, ctx.t(1).quant.scale)
+    if quantized:
+        return _mac_output(ctx, np.rint(acc).astype(np.int64), ctx.t(1).quant.scale)
     y = acc + _bias(ctx, o, np.float64)
     return _float_activation(y, a.get("activation", "none")).astype(np.float32)
 
 
 def depthwise_conv2d(ctx: _Ctx) -> np.ndarray:
-    """DepthwiseConv2D, int8 x [N,H,W,C], int8 w [1,KH,KW,C*M], int32 bias [C*M].
+    """DepthwiseConv2D, int8 x [N,H,W,C], int8 w [1,KH,KW,C*M].
 
     Output channel ``oc = c*M + m`` reads input channel ``c``:
-    ``acc[n,y,x,oc] = bias[oc] + sum_{i,j} w[0,i,j,oc] * (x[n, y*sh - top + i*dh,
-    x*sw - left + j*dw, c] - zp_in)`` over taps inside the input; requantized per output
-    channel exactly as :func:`conv2d`.
+    ``acc[n,y,x,oc] = sum_{i,j} w[0,i,j,oc] * (x[n, y*sh - top + i*dh, x*sw - left + j*dw, c]
+    - zp_in)`` over taps inside the input; output as :func:`conv2d` (``tflite``: bias added and
+    requantized per output channel).
     """
     _check_plain(ctx)
     a = ctx.op.attrs
@@ -326,8 +371,8 @@ def depthwise_conv2d(ctx: _Ctx) -> np.ndarray:
     _, kh, kw, cm = w.shape
     c = x.shape[3]
     m = int(a.get("depth_multiplier", cm // c))
-    int8 = _is_int8_op(ctx)
-    zp_in = _scalar_quant(ctx.t(0).quant)[1] if int8 else 0
+    quantized = _int_input(ctx)
+    zp_in = _scalar_quant(ctx.t(0).quant)[1] if quantized else 0
     xp = _pad_hw(x.astype(np.float64) - zp_in, a.get("pads", [0] * 4), 0.0)
     win = _windows(
         xp, (kh, kw), a.get("strides", (1, 1)), a.get("dilations", (1, 1)), ctx.out.shape[1:3]
@@ -335,37 +380,78 @@ def depthwise_conv2d(ctx: _Ctx) -> np.ndarray:
     wf = w.reshape(kh, kw, c, m).astype(np.float64)
     acc = np.einsum("nyxijc,ijcm->nyxcm", win, wf, optimize=True)
     acc = acc.reshape(acc.shape[:3] + (c * m,))
-    if int8:
-        acc = np.rint(acc).astype(np.int64) + _bias(ctx, c * m)
-        return _requantize_per_channel(acc, ctx, ctx.t(1).quant.scale)
+    if quantized:
+        return _mac_output(ctx, np.rint(acc).astype(np.int64), ctx.t(1).quant.scale)
     y = acc + _bias(ctx, c * m, np.float64)
     return _float_activation(y, a.get("activation", "none")).astype(np.float32)
 
 
 def dense(ctx: _Ctx) -> np.ndarray:
-    """Dense (TFLite FULLY_CONNECTED), int8 x flattened to [B, K], int8 w [O, K], int32 bias.
+    """Dense (TFLite FULLY_CONNECTED), int8 x flattened to [B, K], int8 w [O, K].
 
-    ``acc[b,o] = bias[o] + sum_k w[o,k] * (x[b,k] - zp_in)``; output as :func:`conv2d`, except
-    that with a per-tensor weight scale the real multiplier is
+    ``acc[b,o] = sum_k w[o,k] * (x[b,k] - zp_in)``; output as :func:`conv2d`, except that for
+    ``tflite`` with a per-tensor weight scale the real multiplier is
     ``double(float32(s_in * s_w)) / double(s_out)`` (TFLite's GetQuantizedConvolutionMultipler
     multiplies the two scales in float32 first); per-channel weights use the conv formula.
     """
     _check_plain(ctx)
     x, w = ctx.x(0), ctx.x(1)
     o, k = w.shape
-    int8 = _is_int8_op(ctx)
-    zp_in = _scalar_quant(ctx.t(0).quant)[1] if int8 else 0
+    quantized = _int_input(ctx)
+    zp_in = _scalar_quant(ctx.t(0).quant)[1] if quantized else 0
     xf = x.astype(np.float64).reshape(-1, k) - zp_in
     acc = xf @ w.astype(np.float64).T
-    if int8:
-        acc = np.rint(acc).astype(np.int64) + _bias(ctx, o)
+    if quantized:
         wq = ctx.t(1).quant
-        per_tensor = not wq.is_per_channel
-        y = _requantize_per_channel(acc, ctx, wq.scale, float_product=per_tensor)
+        per_tensor = wq is not None and not wq.is_per_channel
+        scales = wq.scale if wq is not None else None
+        y = _mac_output(ctx, np.rint(acc).astype(np.int64), scales, per_tensor)
     else:
         y = _float_activation(acc + _bias(ctx, o, np.float64), ctx.op.attrs.get("activation"))
         y = y.astype(np.float32)
     return y.reshape(ctx.out.shape)
+
+
+def binary_conv2d(ctx: _Ctx) -> np.ndarray:
+    """BinaryConv2D: packed binary x [N,H,W,ceil(C/32)], +1/-1 filters w [O,KH,KW,C].
+
+    ``acc[n,y,x,o] = sum over taps of (C - 2 * popcount(x_row XOR w_row))``, the integer sum of
+    the +1/-1 products (:func:`~bnncube.converters.binary_reference.binary_conv_accumulate`):
+    ``pad_value`` 0 (QKeras) leaves the taps outside the input out, ``pad_value`` 1 (Larq)
+    counts them as +1 inputs.  Output by the op's ``output_transform`` (``affine`` int8,
+    ``float`` float32 or ``threshold`` packed bits; :func:`_mac_output`).
+    """
+    _check_plain(ctx)
+    a = ctx.op.attrs
+    if tuple(a.get("dilations", (1, 1))) != (1, 1):
+        raise NotImplementedError(f"reference: op {ctx.op.name!r}: dilated binary convolution")
+    w = ctx.x(1)
+    o, kh, kw, c = w.shape
+    acc = binary_conv_accumulate(
+        ctx.x(0),
+        c,
+        pack_filters(w),
+        (kh, kw),
+        a.get("strides", (1, 1)),
+        a.get("pads", (0, 0, 0, 0)),
+        int(a.get("pad_value", 0)),
+    ).astype(np.int64)
+    if transform_of(ctx.op) == "tflite":
+        raise NotImplementedError(
+            f"reference: op {ctx.op.name!r}: BinaryConv2D needs an output "
+            "transform (affine, float or threshold)"
+        )
+    return _mac_output(ctx, acc)
+
+
+def bitpack_op(ctx: _Ctx) -> np.ndarray:
+    """Bitpack: int8 x (bit 1 where ``x < zero_point``) or float32 x (bit 1 where ``x < 0``;
+    0.0 and -0.0 give 0) -> packed uint32 [N,H,W,ceil(C/32)], LSB first, bits beyond C zero
+    (:func:`~bnncube.converters.binary_reference.bitpack`)."""
+    x = ctx.x(0)
+    if ctx.t(0).dtype == "float32":
+        return bitpack(np.asarray(x, np.float32))
+    return bitpack(x, _scalar_quant(ctx.t(0).quant)[1])
 
 
 def add(ctx: _Ctx) -> np.ndarray:
@@ -378,9 +464,17 @@ def add(ctx: _Ctx) -> np.ndarray:
     ``b' = MBQM((b - zp_b) * 2**20, qb, sb)``,
     ``y = clamp(MBQM(a' + b', qo, so) + zp_out, act_min, act_max)``, MBQM being
     :func:`multiply_by_quantized_multiplier`.  Float32: a + b then the activation.
+    ``affine`` (QKeras): ``t = (a - zp_a) * M[0] + (b - zp_b) * M[1] + B[0]``,
+    ``y = clamp(round_half_even(t / 2**S[0]), lo, hi)``.
     """
     a, b = ctx.x(0), ctx.x(1)
     act = ctx.op.attrs.get("activation", "none")
+    if transform_of(ctx.op) == "affine":
+        _, zp_a = _scalar_quant(ctx.t(0).quant)
+        _, zp_b = _scalar_quant(ctx.t(1).quant)
+        mult = np.asarray(ctx.x(2), np.int64).reshape(-1)
+        t = (a.astype(np.int64) - zp_a) * mult[0] + (b.astype(np.int64) - zp_b) * mult[1]
+        return _affine(ctx, t, 2).reshape(ctx.out.shape)
     if not _is_int8_op(ctx):
         y = _float_activation(a.astype(np.float32) + b.astype(np.float32), act)
         return y.astype(np.float32)
@@ -491,12 +585,23 @@ def quantize(ctx: _Ctx) -> np.ndarray:
     (TFLite AffineQuantize, float32 division).  int8 -> int8 (requantize):
     ``(q, shift) = QuantizeMultiplier(double(s_in) / double(s_out))``,
     ``y = clamp(MultiplyByQuantizedMultiplier(x - zp_in, q, shift) + zp_out)``.
+    QKeras (``rounding="half_even"``, ``qrange``): float input rounded half to even and clamped to
+    the quantizer's range; int8 input with the ``affine`` transform:
+    ``y = clamp(round_half_even(((x - zp_in) * M[0] + B[0]) / 2**S[0]), lo, hi)``.
     """
     x = ctx.x(0)
     s_out, zp_out = _scalar_quant(ctx.out.quant)
-    lo, hi = _INT_RANGE[ctx.out.dtype]
+    lo, hi = ctx.op.attrs.get("qrange", _INT_RANGE[ctx.out.dtype])
+    if transform_of(ctx.op) == "affine":
+        _, zp_in = _scalar_quant(ctx.t(0).quant)
+        mult = int(np.asarray(ctx.x(1)).reshape(-1)[0])
+        return _affine(ctx, (x.astype(np.int64) - zp_in) * mult, 1)
     if ctx.t(0).dtype == "float32":
-        r = _round_half_away(x.astype(np.float32) / np.float32(s_out))
+        q = x.astype(np.float32) / np.float32(s_out)
+        if ctx.op.attrs.get("rounding", "half_away") == "half_even":
+            r = np.rint(q)
+        else:
+            r = _round_half_away(q)
         y = np.clip(r.astype(np.float64), -(2.0**31), 2.0**31 - 1).astype(np.int64) + zp_out
     else:
         s_in, zp_in = _scalar_quant(ctx.t(0).quant)
@@ -525,12 +630,19 @@ OPS: dict[str, Callable[[_Ctx], np.ndarray]] = {
     "Pad": pad,
     "Quantize": quantize,
     "Dequantize": dequantize,
+    "BinaryConv2D": binary_conv2d,
+    "Bitpack": bitpack_op,
 }
 
 
 # --------------------------------------------------------------------------------------------
 # running a graph
 # --------------------------------------------------------------------------------------------
+
+
+def packed_shape(tensor: Tensor) -> tuple[int, ...]:
+    """Shape of a binary tensor's packed value: the channel axis becomes ``ceil(C/32)`` words."""
+    return tensor.shape[:-1] + (packed_words(tensor.shape[-1]),)
 
 
 def run_graph(
@@ -575,9 +687,11 @@ def run_graph(
             raise NotImplementedError(f"reference: op {op.name!r} has {len(op.outputs)} outputs")
         y = fn(_Ctx(graph, op, values))
         out = graph.tensors[op.outputs[0]]
-        if out.dtype in _NP_DTYPES:
-            y = np.asarray(y).astype(_NP_DTYPES[out.dtype], copy=False)
-        values[op.outputs[0]] = np.asarray(y).reshape(out.shape)
+        if out.dtype == "binary":
+            values[op.outputs[0]] = np.asarray(y, np.uint32).reshape(packed_shape(out))
+            continue
+        y = np.asarray(y).astype(_NP_DTYPES[out.dtype], copy=False)
+        values[op.outputs[0]] = y.reshape(out.shape)
     if outputs_only:
         return {n: values[n] for n in graph.outputs}
     return values

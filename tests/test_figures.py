@@ -230,7 +230,9 @@ def test_int8_qconv_bn_quantized_output(tmp_path):
     w = graph.tensors[conv.inputs[1]]
     assert w.dtype == "int8"
     assert w.shape == (16, 3, 3, 8)
-    assert len(conv.inputs) == 2  # no bias: the folded BN is a per-channel offset
+    # no bias: the folded BN and the scales become the integer output transform's constants
+    assert conv.attrs["output_transform"] == "affine"
+    assert [graph.tensors[n].dtype for n in conv.inputs[2:]] == ["int32", "int8", "int64"]
     out_t = graph.tensors[conv.outputs[0]]
     assert out_t.dtype == "int8"
     assert out_t.shape == (1, 8, 8, 16)
@@ -249,8 +251,9 @@ def test_int8_qconv_bn_quantized_output(tmp_path):
     assert fig.precision == "int8"
     assert fig.output_dtype == "int8"
     assert fig.macc == 8 * 8 * 16 * 3 * 3 * 8
-    # int8 weights + per channel: int32 offset (folded BN) + multiplier + shift
-    assert fig.weights_bytes == 16 * 3 * 3 * 8 + 16 * (4 + 8)
+    # int8 weights + per channel: int32 multiplier + int8 shift + int64 offset (folded BN)
+    assert fig.weights_bytes == 16 * 3 * 3 * 8 + 16 * (4 + 1 + 8)
+    assert fig.params == 16 * 3 * 3 * 8 + 16  # weights + the per-channel offset
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,10 +291,10 @@ def test_binary_qconv(tmp_path, channels):
     assert fig.output_shape == (1, 12, 12, 24)
     assert fig.output_dtype == "int8"
     assert fig.macc == 12 * 12 * 24 * 9 * channels
-    # packed filters + per channel: int32 offset (folded BN) + multiplier + shift
-    assert fig.weights_bytes == 24 * 9 * math.ceil(channels / 32) * 4 + 24 * 12
+    # packed filters + per channel: int32 multiplier + int8 shift + int64 offset (folded BN)
+    assert fig.weights_bytes == 24 * 9 * math.ceil(channels / 32) * 4 + 24 * 13
     if channels == 40:
-        assert fig.weights_bytes == 24 * 9 * 8 + 288
+        assert fig.weights_bytes == 24 * 9 * 8 + 312
 
     w = graph.tensors[conv.inputs[1]]
     assert w.dtype == "binary"
