@@ -229,17 +229,21 @@ class _Builder:
         channel_axis: int,
         *,
         bias: bool = False,
+        to_ir: Any = None,
     ) -> str:
+        """A constant from Keras-layout ``values``; ``to_ir`` maps them to the IR layout, whose
+        output-channel axis is ``channel_axis``."""
+        to_ir = to_ir or (lambda a: a)
         where = f"layer {layer.name!r} ({role})"
         base = f"{layer.name}/{role}"
         if quantizer is None:
-            return self.graph.add_const(base, values.astype(np.float32), "float32")
+            return self.graph.add_const(base, to_ir(values).astype(np.float32), "float32")
         spec: QSpec = quantizer_spec(quantizer, where, allow_wide=bias)
         if spec.dtype == "int32":
             ints = np.rint(np.asarray(quantizer(values), np.float64) / spec.step)
             quant = Quant.per_tensor(spec.step, 0, spec.text)
             return self.graph.add_const(base, ints.astype(np.int32), "int32", quant)
-        ints, steps = quantize_weights(quantizer, values, spec, channel_axis, where)
+        ints, steps = quantize_weights(quantizer, values, spec, where, to_ir, channel_axis)
         if np.all(steps == steps[0]):
             quant = Quant.per_tensor(float(steps[0]), spec.zero_point, spec.text)
         else:
@@ -349,15 +353,20 @@ class _Builder:
         kh, kw = kernel.shape[:2]
         if depthwise:
             # Keras (kh, kw, C, M) -> IR 1,kh,kw,C*M; the channel axis is the last one
-            w_values = kernel.reshape(1, kh, kw, -1)
+            def to_ir(a: np.ndarray) -> np.ndarray:
+                return a.reshape(1, kh, kw, -1)
+
             channel_axis = 3
         else:
             # Keras (kh, kw, I, O) -> IR OHWI
             if getattr(layer, "groups", 1) != 1:
                 raise BnnError(f"layer {layer.name!r}: grouped convolution is not supported")
-            w_values = np.transpose(kernel, (3, 0, 1, 2))
+
+            def to_ir(a: np.ndarray) -> np.ndarray:
+                return np.transpose(a, (3, 0, 1, 2))
+
             channel_axis = 0
-        w = self.weight_tensor(layer, "kernel", w_values, kq, channel_axis)
+        w = self.weight_tensor(layer, "kernel", kernel, kq, channel_axis, to_ir=to_ir)
         op_inputs = [inputs[0], w]
         if getattr(layer, "use_bias", False):
             op_inputs.append(
@@ -433,7 +442,9 @@ class _Builder:
             raise BnnError(f"{where}: Dense needs a flat input (add Flatten), got {in_shape}")
         weights = layer.get_weights()
         kq, bq = self.quantizers(layer)
-        w = self.weight_tensor(layer, "kernel", np.asarray(weights[0]).T, kq, 0)
+        w = self.weight_tensor(
+            layer, "kernel", np.asarray(weights[0]), kq, 0, to_ir=lambda a: np.asarray(a).T
+        )
         if self.graph.tensors[w].dtype == "binary":
             raise BnnError(
                 f"{where}: binary Dense is not supported; supported binary layer: QConv2D"

@@ -16,6 +16,7 @@ Anything else is refused with a message that lists this table's quantizers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,33 +129,52 @@ def quantizer_spec(quantizer: object, where: str, *, allow_wide: bool = False) -
 
 
 def quantize_weights(
-    quantizer: object, weights: np.ndarray, spec: QSpec, channel_axis: int, where: str
+    quantizer: object,
+    weights: np.ndarray,
+    spec: QSpec,
+    where: str,
+    to_ir: Callable[[np.ndarray], np.ndarray],
+    channel_axis: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply the trained quantizer to float weights and return (integers, per-channel steps).
 
-    The integers are exact: QKeras' own output divided by the step must be integral (checked).
+    ``weights`` are in Keras' layout, where QKeras computes its per-channel scales
+    (``alpha="auto"/"auto_po2"``); ``to_ir`` maps an array of that shape to the IR layout, whose
+    output-channel axis is ``channel_axis``.  The integers are exact: QKeras' own output divided
+    by the step must be integral (checked), and the step must be one value per output channel.
     Binary weights come back as int8 +1/-1 with step 1 (or the per-channel alpha).
     """
     import tensorflow as tf
 
     q = np.asarray(quantizer(tf.constant(weights, tf.float32)), dtype=np.float64)
-    channels = weights.shape[channel_axis]
     if spec.per_channel:
-        scale = np.asarray(quantizer.scale, dtype=np.float64).reshape(-1)
-        if spec.dtype == "binary":
-            steps = np.broadcast_to(scale, (channels,)).astype(np.float64)
-        else:
+        scale = np.asarray(quantizer.scale, dtype=np.float64)
+        if spec.dtype != "binary":
             m = 2.0 ** (int(quantizer.bits) - int(bool(quantizer.keep_negative)))
-            m_i = 2.0 ** float(quantizer.integer)
-            steps = np.broadcast_to(scale * m_i / m, (channels,)).astype(np.float64)
+            scale = scale * 2.0 ** float(quantizer.integer) / m
+        try:
+            step = np.broadcast_to(scale, weights.shape)
+        except ValueError:
+            raise BnnError(
+                f"{where}: {spec.text}: scale of shape {scale.shape} does not fit the weights "
+                f"{weights.shape}"
+            ) from None
     else:
-        steps = np.full((channels,), spec.step, np.float64)
-    shape = [1] * weights.ndim
-    shape[channel_axis] = channels
-    safe = np.where(steps == 0, 1.0, steps).reshape(shape)
+        step = np.full(weights.shape, spec.step, np.float64)
+    if not np.all(np.isfinite(step)) or not np.all(np.isfinite(q)):
+        raise BnnError(f"{where}: weights or their scale are NaN or Inf")
+    safe = np.where(step == 0, 1.0, step)
     ints = np.rint(q / safe)
     if np.max(np.abs(q / safe - ints), initial=0.0) > 1e-3:
         raise BnnError(f"{where}: weights quantized by {spec.text} do not fall on its grid")
+    ints, step = to_ir(ints), to_ir(step)
+    per_channel = np.moveaxis(step, channel_axis, 0).reshape(step.shape[channel_axis], -1)
+    if not np.all(per_channel == per_channel[:, :1]):
+        raise BnnError(
+            f"{where}: {spec.text} gives scales that vary within an output channel; "
+            "supported: one scale per output channel"
+        )
+    steps = per_channel[:, 0].astype(np.float64)
     if spec.dtype == "binary":
         ints = np.where(ints >= 0, 1, -1)
     ints = np.clip(ints + (spec.zero_point if spec.dtype == "int8" else 0), -128, 127)

@@ -18,6 +18,7 @@ NETWORKS = ("mnv2_fp", "mnv2_i8", "hybrid")
 SUFFIXES = {"mnv2_fp": (".h5", ".keras"), "hybrid": (".h5", ".keras"), "mnv2_i8": (".tflite",)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm")
 ZOO_METADATA_KEY = "bnncube_zoo"
+BN_IMAGES = 16  # generated images that set the BatchNormalization statistics of a built network
 
 
 def generated_images(count: int, seed: int, size: int = 96) -> np.ndarray:
@@ -111,6 +112,10 @@ def build(
         model = networks.build_hybrid(seed)
     else:
         model = networks.build_mnv2_fp(seed)
+    # untrained: give BatchNormalization the statistics of real activations (zoo/calibrate.py)
+    from bnncube.zoo.calibrate import set_bn_statistics
+
+    set_bn_statistics(model, generated_images(BN_IMAGES, seed + 1000))
     if network == "mnv2_i8":
         if calib is not None:
             log(f"calibration: {len(images)} images from {calib}")
