@@ -126,7 +126,7 @@ def op_params(graph: Graph, op: Op) -> int:
         extra = i - data_inputs(op)
         if extra < 0 or (transform == "tflite" and extra == 0):
             total += tensor.num_elements  # weights, TFLite bias
-        elif transform in ("affine", "float") and name.endswith("/offset") and op.type != "Add":
+        elif transform in ("affine", "float") and name.endswith("/offset") and op.type in MAC_OPS:
             total += tensor.num_elements  # the offset holds the bias
     return total
 

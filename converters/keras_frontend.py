@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from bnncube.converters.checks import check_graph
 from bnncube.converters.ir import Graph, Op, Quant, Tensor
 from bnncube.converters.quantizers import QSpec, quantize_weights, quantizer_spec
 from bnncube.errors import BnnError
@@ -118,8 +119,14 @@ def load_keras(path: str | Path, *, lower: bool = True) -> Graph:
     from bnncube.converters.passes import lower_graph
 
     model = load_keras_model(path)
-    graph = keras_to_ir(model, source=str(path))
-    return lower_graph(graph) if lower else graph
+    try:
+        graph = keras_to_ir(model, source=str(path))
+        check_graph(graph, str(path))
+        return lower_graph(graph) if lower else graph
+    except BnnError as e:  # name the file in every message about its layers
+        if str(path) in str(e):
+            raise
+        raise BnnError(f"{path}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from bnncube.converters.checks import check_graph
 from bnncube.converters.ir import Graph, Op, Quant, Tensor
 from bnncube.errors import BnnError
 
@@ -446,6 +447,7 @@ def _convert(model: Any, raw: bytes, p: Path, where: str) -> Graph:
 
     graph.inputs = [names[int(i)] for i in (sg.inputs if sg.inputs is not None else [])]
     graph.outputs = [names[int(i)] for i in (sg.outputs if sg.outputs is not None else [])]
+    check_graph(graph, where)
     try:
         graph.validate()
     except ValueError as e:

@@ -71,8 +71,7 @@ def affine_constants(
         if mc == 0.0:
             s = 32
         else:
-            exponent = math.frexp(abs(mc))[1]
-            s = 31 - exponent
+            s = min(31 - math.frexp(abs(mc))[1], 62)
             if abs(_round_even(mc * 2.0**s)) >= 2**31:
                 s -= 1
         s = min(s, 62, 60 - max(int(abs(bc) + 1.0).bit_length(), 1))
@@ -100,7 +99,7 @@ def shared_shift_constants(
     largest = max(abs(v) for v in ms)
     limit = term_bound * sum(abs(v) for v in ms) + 512.0
     b = min(max(b, -limit), limit)
-    s = 32 if largest == 0.0 else 31 - math.frexp(largest)[1]
+    s = 32 if largest == 0.0 else min(31 - math.frexp(largest)[1], 62)
     if largest and max(abs(_round_even(v * 2.0**s)) for v in ms) >= 2**31:
         s -= 1
     s = min(s, 62, 60 - max(int(abs(b) + 1.0).bit_length(), 1))
