@@ -437,8 +437,14 @@ def _convert(model: Any, raw: bytes, p: Path, where: str) -> Graph:
         else:
             kind = builtin.get(code, f"BUILTIN_{code}")
         if kind not in SUPPORTED_OPS or code == custom_code:
+            hint = (
+                " (the TFLite converter writes a dilated convolution as SPACE_TO_BATCH_ND + "
+                "CONV_2D + BATCH_TO_SPACE_ND; dilated convolutions are not supported)"
+                if kind in ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND")
+                else ""
+            )
             raise BnnError(
-                f"{where}: operator {kind} (op #{k}) is not supported; "
+                f"{where}: operator {kind} (op #{k}) is not supported{hint}; "
                 f"supported: {', '.join(SUPPORTED_OPS)}"
             )
         ins = [names[int(i)] for i in (op.inputs if op.inputs is not None else []) if i >= 0]

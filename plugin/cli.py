@@ -104,6 +104,70 @@ def analyze(model: str, model_type: str | None, c_name: str, output: str, quiet:
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
+CONVERT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
+
+
+@cli.command()
+@click.option(
+    "-m",
+    "--model",
+    "model",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Model file: .h5/.keras (Keras, QKeras), .tflite (int8, LCE) or .onnx (bnncube's form).",
+)
+@click.option(
+    "-t",
+    "--type",
+    "model_type",
+    type=click.Choice(["keras", "tflite", "onnx"]),
+    default=None,
+    help="Force the model type instead of guessing it from the suffix.",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Choice(["onnx", "tflite"]),
+    help="Form to write: ONNX (custom domain ai.bnncube) or TFLite (builtins + LCE custom ops).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="File to write (.onnx or .tflite, matching --to).",
+)
+def convert(model: str, model_type: str | None, target: str, output: str) -> None:
+    """Convert a model to bnncube's ONNX form or to a TFLite model with LCE custom ops."""
+    from pathlib import Path
+
+    from bnncube.converters.loader import load_model
+    from bnncube.converters.loader import model_type as detect_type
+
+    out = Path(output)
+    if out.suffix.lower() != CONVERT_SUFFIX[target]:
+        raise BnnError(f"option -o: {out} must end in {CONVERT_SUFFIX[target]} for --to {target}")
+    if not out.parent.is_dir():
+        raise BnnError(f"option -o: folder {out.parent} does not exist or is not a folder")
+    kind = detect_type(model, model_type)
+    graph = load_model(model, kind)
+    if target == "onnx":
+        from bnncube.converters.onnx_export import save_onnx
+
+        save_onnx(graph, out)
+    else:
+        from bnncube.converters.tflite_export import save_tflite
+
+        save_tflite(graph, out)
+    types: dict[str, int] = {}
+    for op in graph.ops:
+        types[op.type] = types.get(op.type, 0) + 1
+    summary = ", ".join(f"{n} {t}" for t, n in types.items())
+    click.echo(f"wrote {out} ({target}, {out.stat().st_size:,} bytes; {summary})")
+
+
 @cli.group()
 def zoo() -> None:
     """The paper's networks."""
