@@ -6,14 +6,15 @@ output transforms) and run by ``run_graph`` on 20 random inputs. Two comparisons
 
 * per op, fed QKeras' own input values: every int8 tensor within 1 LSB of QKeras, every binary
   tensor equal, the float output within 1 LSB-equivalent (one accumulator unit times its scale);
-* end to end from the input: the zoo hybrid must equal QKeras exactly; for the random models the
-  max difference and the fraction of differing elements are recorded (``record_property``) and
-  bounded (see ``test_random_models_end_to_end``).
+* end to end from the input: the max difference and the fraction of differing elements are
+  recorded (``record_property``) and bounded (see ``test_random_models_end_to_end`` and
+  ``test_hybrid_matches_qkeras``).
 
 The random models draw channel counts 16, 24, 40, 70 and 128, binary convolutions with stride 1
-and 2, same and valid padding, binary alpha 1 and "auto_po2", quantized_bits and quantized_relu
-activations, residual adds, binary-to-binary chains (the threshold transform), depthwise and
-pointwise 8-bit layers and a float Dense output; ``test_random_models_cover`` checks that they do.
+and 2, same and valid padding, binary alpha 1, "auto" and "auto_po2" (8-bit weights too),
+quantized_bits and quantized_relu activations, residual adds, binary-to-binary chains (the
+threshold transform), depthwise and pointwise 8-bit layers and a float Dense output;
+``test_random_models_cover`` checks that they do.
 """
 
 from __future__ import annotations
@@ -92,16 +93,24 @@ def random_qkeras(seed: int) -> tuple[Any, set[str]]:
         return L.BatchNormalization(name=name("bn"))(t)
 
     def w8() -> Any:
-        if rng.random() < 0.3:
+        draw = rng.random()
+        if draw < 0.2:
             features.add("w8_auto_po2")
             return quantized_bits(8, 0, alpha="auto_po2")
+        if draw < 0.35:
+            features.add("w8_auto")
+            return quantized_bits(8, 0, alpha="auto")
         return quantized_bits(8, 0, alpha=1)
 
     def binary_conv(t: Any, channels: int, stride: int, padding: str) -> Any:
         alpha: Any = 1
-        if rng.random() < 0.35:
+        draw = rng.random()
+        if draw < 0.25:
             alpha = "auto_po2"
             features.add("binary_auto_po2")
+        elif draw < 0.4:
+            alpha = "auto"
+            features.add("binary_auto")
         else:
             features.add("binary_alpha1")
         features.update({f"ch{channels}", f"bstride{stride}", f"b{padding}"})
@@ -213,11 +222,17 @@ def _per_sample(model: Any, graph: Graph, images: np.ndarray) -> list[dict[str, 
     return [keras_values(model, graph, images[i : i + 1]) for i in range(len(images))]
 
 
-def _summary(diffs: list[TensorDiff]) -> dict[str, tuple[float, int, int]]:
-    out: dict[str, tuple[float, int, int]] = {}
+def _summary(diffs: list[TensorDiff]) -> dict[str, tuple[float, int, int, int]]:
+    """name -> (max difference, elements differing, elements, elements differing by > 1)."""
+    out: dict[str, tuple[float, int, int, int]] = {}
     for d in diffs:
-        prev = out.get(d.name, (0.0, 0, 0))
-        out[d.name] = (max(prev[0], d.max_diff), prev[1] + d.differing, prev[2] + d.size)
+        prev = out.get(d.name, (0.0, 0, 0, 0))
+        out[d.name] = (
+            max(prev[0], d.max_diff),
+            prev[1] + d.differing,
+            prev[2] + d.size,
+            prev[3] + d.over_one,
+        )
     return out
 
 
@@ -241,16 +256,34 @@ def test_random_models_per_op(built: dict[int, Built], seed: int, record_propert
 
 
 @pytest.mark.parametrize("seed", range(N_MODELS), ids=lambda s: f"seed{s:02d}")
-def test_random_models_end_to_end(built: dict[int, Built], seed: int, record_property: Any) -> None:
+def test_random_models_end_to_end(
+    built: dict[int, Built], seed: int, record_property: Any
+) -> None:
+    """Whole-graph drift from per-op 1-LSB differences stays small.
+
+    int8 outputs: fewer than 2% of the elements differ. Float outputs: a 1-LSB difference of an
+    input element moves a Dense output by up to |w| accumulator units (seen: 64), so the bound
+    is on the embedding as a whole: cosine similarity with QKeras' > 0.99 for every input.
+    """
     b = built[seed]
-    samples = _per_sample(b.model, b.graph, _inputs(b.graph, seed))
+    images = _inputs(b.graph, seed)
+    samples = _per_sample(b.model, b.graph, images)
     diffs = [d for values in samples for d in end_to_end_diffs(b.graph, values)]
     summary = _summary(diffs)
     record_property("end_to_end", {k: v for k, v in summary.items() if v[1]})
     out = b.graph.outputs[0]
-    max_diff, differing, size = summary[out]
-    # drift from per-op 1-LSB differences stays rare on the output
-    assert differing / size < 0.02, f"seed {seed}: output {out}: {summary[out]}"
+    if b.graph.tensors[out].dtype != "float32":
+        max_diff, differing, size, _ = summary[out]
+        assert differing / size < 0.02, f"seed {seed}: output {out}: {summary[out]}"
+        return
+    cosines = []
+    for i, values in enumerate(samples):
+        ours = run_graph(b.graph, [images[i : i + 1]])[out].astype(np.float64).ravel()
+        theirs = values[out].astype(np.float64).ravel()
+        norm = np.linalg.norm(ours) * np.linalg.norm(theirs)
+        cosines.append(1.0 if norm == 0 else float(ours @ theirs / norm))
+    record_property("min_cosine", min(cosines))
+    assert min(cosines) > 0.99, f"seed {seed}: cosines {sorted(cosines)[:3]}"
 
 
 def test_random_models_cover(built: dict[int, Built]) -> None:
@@ -269,6 +302,8 @@ def test_random_models_cover(built: dict[int, Built]) -> None:
         "depthwise",
         "dense_float_out",
         "w8_auto_po2",
+        "w8_auto",
+        "binary_auto",
     }
     assert wanted <= features, f"not covered: {sorted(wanted - features)}"
     transforms = {transform_of(op) for b in built.values() for op in b.graph.ops}

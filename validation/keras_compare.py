@@ -36,6 +36,7 @@ class TensorDiff:
     max_diff: float
     differing: int
     size: int
+    over_one: int = 0  # elements differing by more than 1 (LSB, flipped bit, LSB-equivalent)
 
     @property
     def fraction(self) -> float:
@@ -93,7 +94,10 @@ def diff(tensor: Tensor, ours: np.ndarray, theirs: np.ndarray, lsb: float = 0.0)
     else:
         d = np.abs(np.asarray(ours, np.int64) - np.asarray(theirs, np.int64)).astype(np.float64)
     nonzero = int(np.count_nonzero(d))
-    return TensorDiff(tensor.name, tensor.dtype, float(d.max(initial=0.0)), nonzero, int(d.size))
+    over = int(np.count_nonzero(d > 1.0))
+    return TensorDiff(
+        tensor.name, tensor.dtype, float(d.max(initial=0.0)), nonzero, int(d.size), over
+    )
 
 
 def per_op_diffs(graph: Graph, values: dict[str, np.ndarray]) -> list[TensorDiff]:
