@@ -256,9 +256,7 @@ def test_random_models_per_op(built: dict[int, Built], seed: int, record_propert
 
 
 @pytest.mark.parametrize("seed", range(N_MODELS), ids=lambda s: f"seed{s:02d}")
-def test_random_models_end_to_end(
-    built: dict[int, Built], seed: int, record_property: Any
-) -> None:
+def test_random_models_end_to_end(built: dict[int, Built], seed: int, record_property: Any) -> None:
     """Whole-graph drift from per-op 1-LSB differences stays small.
 
     int8 outputs: fewer than 2% of the elements differ. Float outputs: a 1-LSB difference of an
