@@ -42,7 +42,6 @@ def load_model(path: str | Path, forced_type: str | None = None) -> Graph:
         from bnncube.converters.tflite_frontend import load_tflite
 
         return lower_graph(load_tflite(path))
-    raise BnnError(
-        f"{path}: ONNX models are not supported yet (the ONNX front end arrives with "
-        "`bnncube convert`); supported now: .h5, .keras, .tflite"
-    )
+    from bnncube.converters.onnx_frontend import load_onnx
+
+    return load_onnx(path)

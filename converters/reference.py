@@ -233,22 +233,35 @@ def _is_int8_op(ctx: _Ctx) -> bool:
     return ctx.t(0).dtype in ("int8", "uint8") and ctx.out.dtype in ("int8", "uint8")
 
 
+def tflite_channel_multipliers(
+    s_in: float, w_scales: Any, s_out: float, channels: int, float_product: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(q, shift)`` of TFLite's requantization of a MAC op (int64 arrays).
+
+    ``real = double(f32(s_in)) * double(f32(s_w[o])) / double(f32(s_out))``; with
+    ``float_product`` (Dense with a per-tensor weight scale, TFLite's
+    GetQuantizedConvolutionMultipler) the two input scales are multiplied in float32 first.
+    ``(q, shift) = QuantizeMultiplier(real)``.
+    """
+    ws = np.broadcast_to(np.asarray(w_scales, np.float64).reshape(-1), (channels,))
+    mult = np.empty(channels, np.int64)
+    shift = np.empty(channels, np.int64)
+    for c in range(channels):
+        if float_product:
+            real = float(_f32(s_in) * _f32(ws[c])) / float(_f32(s_out))
+        else:
+            real = float(_f32(s_in)) * float(_f32(ws[c])) / float(_f32(s_out))
+        mult[c], shift[c] = quantize_multiplier(real)
+    return mult, shift
+
+
 def _requantize_per_channel(
     acc: np.ndarray, ctx: _Ctx, w_scales: np.ndarray, float_product: bool = False
 ) -> np.ndarray:
     """acc (int64, channels last) -> output int8 with the op's activation."""
     s_in, _ = _scalar_quant(ctx.t(0).quant)
     s_out, zp_out = _scalar_quant(ctx.out.quant)
-    channels = acc.shape[-1]
-    ws = np.broadcast_to(np.asarray(w_scales, np.float64).reshape(-1), (channels,))
-    mult = np.empty(channels, np.int64)
-    shift = np.empty(channels, np.int64)
-    for c in range(channels):
-        if float_product:  # float32 product first, as GetQuantizedConvolutionMultipler
-            real = float(_f32(s_in) * _f32(ws[c])) / float(_f32(s_out))
-        else:
-            real = float(_f32(s_in)) * float(_f32(ws[c])) / float(_f32(s_out))
-        mult[c], shift[c] = quantize_multiplier(real)
+    mult, shift = tflite_channel_multipliers(s_in, w_scales, s_out, acc.shape[-1], float_product)
     y = multiply_by_quantized_multiplier(acc, mult, shift) + zp_out
     lo, hi = activation_range(ctx.op.attrs.get("activation", "none"), ctx.out.quant, ctx.out.dtype)
     return np.clip(y, lo, hi).astype(_NP_DTYPES[ctx.out.dtype])
@@ -297,21 +310,41 @@ def _mac_output(ctx: _Ctx, acc: np.ndarray, w_scales: Any = None, per_tensor: bo
     ``acc < T`` (D = 1), ``acc > T`` (D = -1) or ``T`` (D = 0).
     """
     transform = transform_of(ctx.op)
-    channels = acc.shape[-1]
     if transform == "tflite":
-        acc = acc + _bias(ctx, channels)
+        acc = acc + _bias(ctx, acc.shape[-1])
         return _requantize_per_channel(acc, ctx, w_scales, float_product=per_tensor)
+    constants = [np.asarray(ctx.x(i)) for i in range(2, ctx.n_inputs)]
+    y = output_transform(transform, acc, constants, ctx.op.attrs)
     if transform == "affine":
-        mult = np.asarray(ctx.x(2), np.int64).reshape(-1)
-        return _affine(ctx, acc * mult, 2)
+        return y.astype(_NP_DTYPES[ctx.out.dtype])
+    return y
+
+
+def output_transform(
+    transform: str, acc: np.ndarray, constants: list[np.ndarray], attrs: dict[str, Any]
+) -> np.ndarray:
+    """The explicit output transforms of a MAC op on its accumulator ``acc`` (channels last).
+
+    ``constants`` are the op's constant inputs after its data inputs (docs/ir.md), ``attrs`` its
+    attributes (``clamp``, ``activation``).  ``affine``: ``clamp(round_half_even((acc * M + B)
+    / 2**S), lo, hi)`` (int64); ``float``: ``f32(f32(f32(acc) * scale) + offset)`` then the
+    activation (float32); ``threshold``: packed bits ``acc < T`` (D = 1), ``acc > T`` (D = -1)
+    or ``T`` (D = 0) (uint32 words).
+    """
+    acc = np.asarray(acc, np.int64)
+    if transform == "affine":
+        mult, shift, offset = (np.asarray(c, np.int64).reshape(-1) for c in constants[:3])
+        q = shift_round_half_even(acc * mult + offset, shift)
+        lo, hi = attrs["clamp"]
+        return np.clip(q, lo, hi)
     if transform == "float":
-        scale = np.asarray(ctx.x(2), np.float32).reshape(-1)
-        offset = np.asarray(ctx.x(3), np.float32).reshape(-1)
+        scale = np.asarray(constants[0], np.float32).reshape(-1)
+        offset = np.asarray(constants[1], np.float32).reshape(-1)
         y = (acc.astype(np.float32) * scale).astype(np.float32) + offset
-        return _float_activation(y.astype(np.float32), ctx.op.attrs.get("activation", "none"))
+        return _float_activation(y.astype(np.float32), attrs.get("activation", "none"))
     if transform == "threshold":
-        t = np.asarray(ctx.x(2), np.int64).reshape(-1)
-        d = np.asarray(ctx.x(3), np.int64).reshape(-1)
+        t = np.asarray(constants[0], np.int64).reshape(-1)
+        d = np.asarray(constants[1], np.int64).reshape(-1)
         neg = np.where(d > 0, acc < t, np.where(d < 0, acc > t, t != 0))
         return bitpack(np.where(neg, -1, 1).astype(np.int8), 0)  # bit 1 where negative
     raise NotImplementedError(f"reference: output transform {transform!r} is not implemented")
