@@ -153,8 +153,9 @@ def _scalar_quant(quant: Quant | None) -> tuple[float, int]:
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
-    """std::round on float arrays (half away from zero), same float type."""
-    return np.copysign(np.floor(np.abs(x) + x.dtype.type(0.5)), x)
+    """std::round on float32 arrays: the nearest integer, ties away from zero (exact: 0.5 is
+    added in float64, where ``|x| + 0.5`` of a float32 below 2**29 needs no rounding)."""
+    return np.copysign(np.floor(np.abs(x).astype(np.float64) + 0.5), x).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def build_host_library(
     cc = compiler or os.environ.get("CC", "gcc")
     sources = list(sources) if sources is not None else runtime_sources()
     incs = [INCLUDE_DIR, *include_dirs]
-    headers = sorted(p for d in incs for p in Path(d).glob("*.h"))
+    headers = sorted({p for d in [*incs, SRC_DIR] for p in Path(d).glob("*.h")})
     flags = list(BASE_FLAGS)
     if sanitize:
         flags += SANITIZE_FLAGS

@@ -1,0 +1,390 @@
+/*
+ * bnncube C runtime, internal: fixed-point helpers shared by the kernels (static inline, no
+ * state). Not part of the public API.
+ *
+ * Integer conventions (no undefined or implementation-defined behaviour):
+ *  - values that may wrap (accumulators, TFLite's `x * 2^left`) are held in uint32_t, where
+ *    wrapping is defined, and turned back into int32_t by bnn_s32_from_u32 (two's complement
+ *    value, written without the implementation-defined unsigned -> signed conversion);
+ *  - right shifts of possibly negative values go through bnn_asr32 / bnn_asr64 (floor
+ *    division by a power of two, written without shifting a negative value);
+ *  - left shifts of possibly negative values are done on the unsigned type.
+ *
+ * Contents:
+ *  - TFLite MultiplyByQuantizedMultiplier (gemmlowp SaturatingRoundingDoublingHighMul, then
+ *    RoundingDivideByPOT), as reference.multiply_by_quantized_multiplier;
+ *  - the QKeras affine transform clamp(round_half_even((acc * M + B) / 2^S)), as
+ *    transforms.shift_round_half_even;
+ *  - the float transform f32(f32(f32(acc) * scale) + offset) and its activation;
+ *  - the per-output-channel dispatch of MAC ops (bnn_output_check / bnn_output_store);
+ *  - argument checks shared by the kernels (dims, window geometry);
+ *  - the int8 inner product sum w[k] * (x[k] - zp), plain C and Cortex-M7 (SXTB16 + SMLAD).
+ */
+#ifndef BNN_REQUANT_H
+#define BNN_REQUANT_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include "bnn_types.h"
+
+#if defined(__ARM_FEATURE_DSP) && !defined(BNN_FORCE_PLAIN_C)
+#define BNN_USE_DSP 1
+#include <arm_acle.h>
+#else
+#define BNN_USE_DSP 0
+#endif
+
+#define BNN_INT8_MIN (-128)
+#define BNN_INT8_MAX 127
+
+/* ---- integer basics ------------------------------------------------------------------- */
+
+/* The int32 value whose two's complement bit pattern is u (the C int32 wrap of u). */
+static inline int32_t bnn_s32_from_u32(uint32_t u)
+{
+    if (u <= 0x7FFFFFFFu) {
+        return (int32_t)u;
+    }
+    return (int32_t)(u - 0x80000000u) - INT32_MAX - 1;
+}
+
+/* floor(x / 2^e) for 0 <= e <= 31 (an arithmetic right shift). For x < 0, ~x = -x - 1 >= 0
+ * and floor(x / 2^e) = -1 - floor((-x - 1) / 2^e), so only a non-negative value is shifted. */
+static inline int32_t bnn_asr32(int32_t x, int32_t e)
+{
+    if (x >= 0) {
+        return x >> e;
+    }
+    return -1 - (int32_t)(~(uint32_t)x >> e);
+}
+
+/* floor(t / 2^s) for 1 <= s <= 63 (an arithmetic right shift), by an offset: u = t + 2^63
+ * (computed as the bit pattern of t with the top bit flipped) lies in [0, 2^64), so
+ * floor(t / 2^s) = floor(u / 2^s) - 2^(63 - s) with a logical shift of the unsigned u; the
+ * shifted value is below 2^63 and converts to int64_t exactly. */
+static inline int64_t bnn_asr64(int64_t t, int32_t s)
+{
+    uint64_t u = (uint64_t)t ^ ((uint64_t)1 << 63);
+    return (int64_t)(u >> s) - ((int64_t)1 << (63 - s));
+}
+
+static inline int32_t bnn_clamp(int64_t v, int32_t lo, int32_t hi)
+{
+    if (v < lo) {
+        return lo;
+    }
+    if (v > hi) {
+        return hi;
+    }
+    return (int32_t)v;
+}
+
+/* ---- TFLite requantization -------------------------------------------------------------- */
+
+/* gemmlowp SaturatingRoundingDoublingHighMul: (a * b + nudge) / 2^31 truncated toward zero,
+ * nudge = 2^30 if a * b >= 0 else 1 - 2^30; a == b == INT32_MIN saturates to INT32_MAX. */
+static inline int32_t bnn_srdhm(int32_t a, int32_t b)
+{
+    int64_t ab;
+    int64_t nudge;
+    if (a == INT32_MIN && b == INT32_MIN) {
+        return INT32_MAX;
+    }
+    ab = (int64_t)a * (int64_t)b;
+    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+    /* |ab + nudge| < 2^62 + 2^30 and the quotient fits int32 (C division truncates) */
+    return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
+}
+
+/* gemmlowp RoundingDivideByPOT, 0 <= e <= 31: x / 2^e rounded half away from zero.
+ * mask = 2^e - 1, rem = x & mask, threshold = (mask >> 1) + (x < 0),
+ * result = (x >> e) + (rem > threshold). */
+static inline int32_t bnn_rdbp(int32_t x, int32_t e)
+{
+    uint32_t mask = ((uint32_t)1 << e) - 1u; /* e <= 31: no shift by the width */
+    uint32_t rem = (uint32_t)x & mask;       /* low e bits of the two's complement pattern */
+    uint32_t threshold = (mask >> 1) + (x < 0 ? 1u : 0u);
+    /* for e >= 1, x >> e <= (2^31 - 1) >> e, so adding 1 cannot overflow; for e = 0, rem is 0
+     * and nothing is added */
+    return bnn_asr32(x, e) + (rem > threshold ? 1 : 0);
+}
+
+/* TFLite MultiplyByQuantizedMultiplier(x, q, shift), -31 <= shift <= 31:
+ * RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x * 2^max(shift, 0), q),
+ * max(-shift, 0)), where x * 2^left wraps modulo 2^32 (as reference._wrap_int32 does). */
+static inline int32_t bnn_mbqm(int32_t x, int32_t q, int32_t shift)
+{
+    int32_t left = shift > 0 ? shift : 0;
+    int32_t right = shift > 0 ? 0 : -shift;
+    int32_t shifted = bnn_s32_from_u32((uint32_t)x << left);
+    return bnn_rdbp(bnn_srdhm(shifted, q), right);
+}
+
+/* ---- QKeras affine transform ------------------------------------------------------------ */
+
+/* round_half_even(t / 2^s), 1 <= s <= 62: the reference's
+ *     (t + 2^(s-1) - 1 + ((t >> s) & 1)) >> s      (arithmetic shifts)
+ * written without any intermediate that could overflow: with q = floor(t / 2^s) (bnn_asr64)
+ * and r = t - q * 2^s in [0, 2^s) (the low s bits of t), the formula equals
+ * q + floor((r + 2^(s-1) - 1 + (q & 1)) / 2^s), and the last term is 1 exactly when
+ * r > 2^(s-1), or r == 2^(s-1) and q is odd. */
+static inline int64_t bnn_shift_round_half_even(int64_t t, int32_t s)
+{
+    int64_t q = bnn_asr64(t, s);
+    uint64_t r = (uint64_t)t & (((uint64_t)1 << s) - 1u);
+    uint64_t half = (uint64_t)1 << (s - 1);
+    if (r > half || (r == half && ((uint64_t)q & 1u) != 0u)) {
+        q += 1;
+    }
+    return q;
+}
+
+/* Bound on |B| accepted by the kernels: with |acc * M| <= 2^62 the sum acc * M + B cannot
+ * overflow int64 (the lowering keeps |B| below 2^61). */
+#define BNN_AFFINE_OFFSET_LIMIT ((int64_t)1 << 62)
+
+/* clamp(round_half_even((acc * mult + offset) / 2^shift), lo, hi) */
+static inline int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, int32_t shift,
+                                 int32_t lo, int32_t hi)
+{
+    int64_t t = (int64_t)acc * (int64_t)mult + offset;
+    return bnn_clamp(bnn_shift_round_half_even(t, shift), lo, hi);
+}
+
+/* ---- float transform -------------------------------------------------------------------- */
+
+/* f32(f32(f32(acc) * scale) + offset), then the activation. The product is stored to a
+ * volatile float so that it is rounded to float32 on its own and no compiler can fuse it with
+ * the addition (VFMA on the Cortex-M7), whatever -ffp-contract the code is built with. ReLU
+ * is max(y, +0.0) and ReLU6 min(max(y, +0.0), 6) as numpy computes them (-0.0 becomes +0.0). */
+static inline float bnn_float_transform(int32_t acc, float scale, float offset,
+                                        bnn_activation_t activation)
+{
+    volatile float product = (float)acc * scale;
+    float y = product + offset;
+    if (activation == BNN_ACT_RELU || activation == BNN_ACT_RELU6) {
+        y = y > 0.0f ? y : 0.0f;
+        if (activation == BNN_ACT_RELU6 && y > 6.0f) {
+            y = 6.0f;
+        }
+    }
+    return y;
+}
+
+/* ---- output transforms of MAC ops ------------------------------------------------------- */
+
+static inline int bnn_int8_range_ok(int32_t lo, int32_t hi)
+{
+    return lo >= BNN_INT8_MIN && lo <= hi && hi <= BNN_INT8_MAX;
+}
+
+static inline int bnn_zero_point_ok(int32_t zp)
+{
+    return zp >= BNN_INT8_MIN && zp <= BNN_INT8_MAX;
+}
+
+/* Checks `output` for an int8 MAC op with `channels` output channels (reads the per-channel
+ * shifts and offsets once): BNN_OUT_TFLITE needs q_mult and q_shift (shifts in [-31, 31]; bias
+ * may be NULL), BNN_OUT_AFFINE a_mult, a_shift (1 .. 62) and a_offset (|B| < 2^62), both an
+ * int8 zero point and [act_min, act_max] within [-128, 127]; BNN_OUT_FLOAT f_scale, f_offset
+ * and a known activation. BNN_OUT_THRESHOLD (binary output) is not an int8 op's. */
+static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t channels)
+{
+    int32_t o;
+    if (output == NULL || channels <= 0) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    switch (output->kind) {
+    case BNN_OUT_TFLITE:
+        if (output->q_mult == NULL || output->q_shift == NULL ||
+            !bnn_zero_point_ok(output->out_zero_point) ||
+            !bnn_int8_range_ok(output->act_min, output->act_max)) {
+            return BNN_ERROR_ARGUMENT;
+        }
+        for (o = 0; o < channels; ++o) {
+            if (output->q_shift[o] < -31 || output->q_shift[o] > 31) {
+                return BNN_ERROR_ARGUMENT;
+            }
+        }
+        return BNN_OK;
+    case BNN_OUT_AFFINE:
+        if (output->a_mult == NULL || output->a_shift == NULL || output->a_offset == NULL ||
+            !bnn_int8_range_ok(output->act_min, output->act_max)) {
+            return BNN_ERROR_ARGUMENT;
+        }
+        for (o = 0; o < channels; ++o) {
+            if (output->a_shift[o] < 1 || output->a_shift[o] > 62 ||
+                output->a_offset[o] <= -BNN_AFFINE_OFFSET_LIMIT ||
+                output->a_offset[o] >= BNN_AFFINE_OFFSET_LIMIT) {
+                return BNN_ERROR_ARGUMENT;
+            }
+        }
+        return BNN_OK;
+    case BNN_OUT_FLOAT:
+        if (output->f_scale == NULL || output->f_offset == NULL ||
+            (output->float_activation != BNN_ACT_NONE &&
+             output->float_activation != BNN_ACT_RELU &&
+             output->float_activation != BNN_ACT_RELU6)) {
+            return BNN_ERROR_ARGUMENT;
+        }
+        return BNN_OK;
+    case BNN_OUT_THRESHOLD:
+    default:
+        return BNN_ERROR_ARGUMENT;
+    }
+}
+
+/* Writes element `index` of `out` (int8, or float32 for BNN_OUT_FLOAT) from the exact
+ * accumulator `acc` of output channel `o`; `output` has passed bnn_output_check.
+ *   TFLITE: clamp(MBQM(acc + bias[o], q_mult[o], q_shift[o]) + out_zero_point, act_min, act_max)
+ *           (acc + bias wraps like int32)
+ *   AFFINE: clamp(round_half_even((acc * a_mult[o] + a_offset[o]) / 2^a_shift[o]), act_min,
+ *           act_max)
+ *   FLOAT:  f32(f32(f32(acc) * f_scale[o]) + f_offset[o]), then float_activation
+ * Float outputs are stored with memcpy: `out` needs no particular alignment. */
+static inline void bnn_output_store(const bnn_output_t *output, int32_t o, int32_t acc, void *out,
+                                    int32_t index)
+{
+    if (output->kind == BNN_OUT_TFLITE) {
+        uint32_t biased = (uint32_t)acc;
+        int32_t scaled;
+        if (output->bias != NULL) {
+            biased += (uint32_t)output->bias[o];
+        }
+        scaled = bnn_mbqm(bnn_s32_from_u32(biased), output->q_mult[o], output->q_shift[o]);
+        ((int8_t *)out)[index] = (int8_t)bnn_clamp((int64_t)scaled + output->out_zero_point,
+                                                   output->act_min, output->act_max);
+    } else if (output->kind == BNN_OUT_AFFINE) {
+        ((int8_t *)out)[index] =
+            (int8_t)bnn_affine(acc, output->a_mult[o], output->a_offset[o], output->a_shift[o],
+                               output->act_min, output->act_max);
+    } else {
+        float y = bnn_float_transform(acc, output->f_scale[o], output->f_offset[o],
+                                      output->float_activation);
+        memcpy((unsigned char *)out + (size_t)index * sizeof(float), &y, sizeof(float));
+    }
+}
+
+/* ---- argument checks -------------------------------------------------------------------- */
+
+/* 1 when dims is an NHWC shape with n == 1, positive h, w, c and h * w * c <= INT32_MAX
+ * (so that every element index fits int32). */
+static inline int bnn_dims_ok(const bnn_dims_t *dims)
+{
+    int64_t hw;
+    if (dims == NULL || dims->n != 1 || dims->h <= 0 || dims->w <= 0 || dims->c <= 0) {
+        return 0;
+    }
+    hw = (int64_t)dims->h * dims->w;
+    return hw <= INT32_MAX && hw * dims->c <= INT32_MAX;
+}
+
+/* 1 when `out` outputs along one axis are consistent with a window of `kernel` taps spaced by
+ * `dilation`, moved by `stride`, starting `pad` before the input of `in` elements:
+ * stride, dilation, kernel >= 1, 0 <= pad < extent (extent = (kernel - 1) * dilation + 1, the
+ * first window reaches the input), the last window starts inside the input, and `out` is the
+ * largest count for some padding after the input >= 0 (implied padding after > -stride). Then
+ * every window holds at least one tap inside the input, and all index arithmetic fits int32. */
+static inline int bnn_window_ok(int32_t in, int32_t out, int32_t kernel, int32_t stride,
+                                int32_t dilation, int32_t pad)
+{
+    int64_t extent;
+    int64_t last_start;
+    int64_t pad_after;
+    if (in <= 0 || out <= 0 || kernel <= 0 || stride <= 0 || dilation <= 0 || pad < 0) {
+        return 0;
+    }
+    extent = (int64_t)(kernel - 1) * dilation + 1;
+    if (extent > INT32_MAX || pad >= extent) {
+        return 0;
+    }
+    if ((int64_t)(out - 1) * stride > INT32_MAX) {
+        return 0;
+    }
+    last_start = (int64_t)(out - 1) * stride - pad;
+    if (last_start > (int64_t)in - 1) {
+        return 0;
+    }
+    pad_after = last_start + extent - in;
+    return pad_after > -(int64_t)stride;
+}
+
+/* [*first, *last) = the taps i of a window starting at input position `start` (taps at
+ * start + i * dilation) that fall inside [0, in). */
+static inline void bnn_valid_taps(int32_t start, int32_t in, int32_t kernel, int32_t dilation,
+                                  int32_t *first, int32_t *last)
+{
+    int32_t lo = 0;
+    int32_t hi = kernel;
+    if (start < 0) {
+        /* ceil(-start / dilation); -start < extent <= INT32_MAX, so the unsigned sum cannot
+         * wrap (and the division needs no 64-bit helper on the target) */
+        lo = (int32_t)(((uint32_t)(-start) + (uint32_t)(dilation - 1)) / (uint32_t)dilation);
+    }
+    if (start + (int64_t)(kernel - 1) * dilation > (int64_t)in - 1) {
+        hi = (in - 1 - start) / dilation + 1; /* start <= in - 1 (bnn_window_ok) */
+    }
+    if (hi < lo) {
+        hi = lo;
+    }
+    *first = lo;
+    *last = hi;
+}
+
+/* ---- int8 inner product ----------------------------------------------------------------- */
+
+#if BNN_USE_DSP
+/* SXTB16 of x rotated right by 8 (bytes 1 and 3, sign-extended to two halfwords), and SXTAB16
+ * of the same added to a: arm_acle.h has no rotate, so one instruction of inline asm each. */
+static inline int32_t bnn_sxtb16_ror8(int32_t x)
+{
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+
+static inline int32_t bnn_sxtab16_ror8(int32_t a, int32_t x)
+{
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+    return r;
+}
+
+/* -zp in both halfwords (zp in [-128, 127]) */
+static inline int32_t bnn_neg_zp_pair(int32_t zp)
+{
+    uint32_t half = (uint32_t)(-zp) & 0xFFFFu;
+    return bnn_s32_from_u32(half | (half << 16));
+}
+#endif
+
+/* acc + sum_{k < n} w[k] * (x[k] - zp) modulo 2^32, zp in [-128, 127] (each term is exact:
+ * |w * (x - zp)| <= 128 * 255). The Cortex-M7 path takes 4 elements per step: memcpy loads
+ * (no alignment needed), SXTAB16 gives x[k] - zp for k = 0, 2 and (rotated) 1, 3 as int16
+ * halfwords (|x - zp| <= 255), SXTB16 the weights, and two SMLADs add the four products.
+ * Both paths sum the same products modulo 2^32, so they agree bit for bit. */
+static inline uint32_t bnn_dot_s8(uint32_t acc, const int8_t *x, const int8_t *w, int32_t n,
+                                  int32_t zp)
+{
+    int32_t k = 0;
+#if BNN_USE_DSP
+    int32_t neg_zp = bnn_neg_zp_pair(zp);
+    int32_t sum = 0;
+    for (; k + 4 <= n; k += 4) {
+        int32_t xv;
+        int32_t wv;
+        memcpy(&xv, x + k, 4);
+        memcpy(&wv, w + k, 4);
+        sum = __smlad(__sxtab16(neg_zp, xv), __sxtb16(wv), sum);
+        sum = __smlad(bnn_sxtab16_ror8(neg_zp, xv), bnn_sxtb16_ror8(wv), sum);
+    }
+    acc += (uint32_t)sum;
+#endif
+    for (; k < n; ++k) {
+        acc += (uint32_t)(w[k] * (x[k] - zp));
+    }
+    return acc;
+}
+
+#endif /* BNN_REQUANT_H */

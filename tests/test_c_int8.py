@@ -1,0 +1,1288 @@
+"""The int8 C kernels (runtime_c/src/bnn_*_s8.c) against the Python reference, bit for bit.
+
+Every kernel runs on seeded random data and its output is compared with the reference op
+(``converters/reference.py``, called through ``OPS`` on a one-op graph) or helper with
+``np.array_equal`` (float32 outputs: on their bit patterns).  The constants given to the C
+kernels are computed the way the lowering and the TFLite front end compute them
+(``quantize_multiplier`` for ``tflite``, ``affine_constants`` / ``shared_shift_constants`` for
+``affine``).  Each kernel also has a test that bad arguments return ``BNN_ERROR_ARGUMENT`` and
+leave the output untouched.
+
+Kernels are called through ``backend.call`` only, so the same tests can run on another backend
+(the emulated Cortex-M7).  With ``BNN_C_SANITIZE=1`` the ``backend`` fixture builds the library
+with AddressSanitizer and UndefinedBehaviorSanitizer (``tests/test_c_sanitize.py`` runs this file
+that way, with the ASan runtime preloaded).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bnncube.converters.ir import Graph, Op, Quant, Tensor
+from bnncube.converters.reference import (
+    OPS,
+    _Ctx,
+    activation_range,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+)
+from bnncube.converters.transforms import affine_constants, shared_shift_constants
+from bnncube.runtime_c import SRC_DIR
+from bnncube.runtime_c.build import build_host_library
+from bnncube.runtime_c.cabi import (
+    ACT_NONE,
+    ACT_RELU,
+    ACT_RELU6,
+    BNN_ERROR_ARGUMENT,
+    BNN_OK,
+    F32,
+    OUT_AFFINE,
+    OUT_FLOAT,
+    OUT_TFLITE,
+    OUT_THRESHOLD,
+    ROUND_HALF_AWAY,
+    ROUND_HALF_EVEN,
+    HostBackend,
+    Struct,
+    dims,
+)
+
+SANITIZE_ENV = "BNN_C_SANITIZE"  # "1": build the library with ASan + UBSan
+SENTINEL = 0x5A  # byte value output buffers start with
+ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6}
+F32_ONE_PLUS = float(np.float32(1 + 2**-23))  # with F32_ONE_MINUS: a Q31 multiplier that
+F32_ONE_MINUS = float(np.float32(1 - 2**-23))  # rounds up to 2**31 (QuantizeMultiplier halves it)
+
+
+@pytest.fixture(scope="module", params=["host"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The C runtime, built once per module (sanitized when BNN_C_SANITIZE=1)."""
+    sanitize = os.environ.get(SANITIZE_ENV) == "1"
+    build_dir = tmp_path_factory.mktemp("bnn_c")
+    # SRC_DIR among the include dirs: its internal headers (bnn_requant.h) enter the build hash
+    library = build_host_library(build_dir, include_dirs=[SRC_DIR], sanitize=sanitize)
+    return HostBackend(Path(library))
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
+def _int8(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(-128, 128, size=shape, dtype=np.int8)
+
+
+def _sentinel(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    return np.full(int(np.prod(shape)) * np.dtype(dtype).itemsize, SENTINEL, np.uint8).view(dtype)
+
+
+def _assert_same(got: np.ndarray, expected: np.ndarray) -> None:
+    """Bit-for-bit equality (float32 compared on their bit patterns, so -0.0 != 0.0)."""
+    expected = np.ascontiguousarray(expected).reshape(-1)
+    got = got.reshape(-1)
+    assert got.dtype == expected.dtype
+    if got.dtype == np.float32:
+        got, expected = got.view(np.uint32), expected.view(np.uint32)
+    if not np.array_equal(got, expected):
+        bad = np.flatnonzero(got != expected)
+        raise AssertionError(
+            f"{bad.size} of {got.size} differ; first at {bad[:8].tolist()}: "
+            f"C {got[bad[:8]].tolist()} reference {expected[bad[:8]].tolist()}"
+        )
+
+
+def _one_op_graph(
+    op_type: str,
+    inputs: list[Tensor],
+    output: Tensor,
+    attrs: dict[str, Any],
+) -> Graph:
+    g = Graph("one_op")
+    for t in inputs:
+        g.add_tensor(t)
+    g.add_tensor(output)
+    g.add_op(Op("op", op_type, [t.name for t in inputs], [output.name], attrs))
+    g.inputs = [t.name for t in inputs if t.data is None]
+    g.outputs = [output.name]
+    return g
+
+
+def _reference(graph: Graph, values: dict[str, np.ndarray]) -> np.ndarray:
+    op = graph.ops[0]
+    return np.asarray(OPS[op.type](_Ctx(graph, op, values)))
+
+
+def _ctx() -> Struct:
+    return Struct("bnn_context_t", buf=None, size=0)
+
+
+# --------------------------------------------------------------------------------------------
+# geometry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geo:
+    """A window geometry: input h x w, kernel kh x kw, strides, dilations, padding."""
+
+    h: int
+    w: int
+    kh: int
+    kw: int
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    padding: str | tuple[int, int, int, int] = "valid"  # or explicit [top, bottom, left, right]
+
+    def pads(self) -> tuple[int, int, int, int]:
+        if isinstance(self.padding, tuple):
+            return self.padding
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        top, bottom = _same_pads(self.h, self.kh, self.stride[0], self.dilation[0])
+        left, right = _same_pads(self.w, self.kw, self.stride[1], self.dilation[1])
+        return (top, bottom, left, right)
+
+    def out_hw(self) -> tuple[int, int]:
+        top, bottom, left, right = self.pads()
+        eff_h = (self.kh - 1) * self.dilation[0] + 1
+        eff_w = (self.kw - 1) * self.dilation[1] + 1
+        return (
+            (self.h + top + bottom - eff_h) // self.stride[0] + 1,
+            (self.w + left + right - eff_w) // self.stride[1] + 1,
+        )
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "strides": self.stride,
+            "dilations": self.dilation,
+            "pads": list(self.pads()),
+        }
+
+    def params(self, zp_in: int = 0, depth_multiplier: int = 1) -> Struct:
+        top, _, left, _ = self.pads()
+        return Struct(
+            "bnn_conv_params_t",
+            stride_h=self.stride[0],
+            stride_w=self.stride[1],
+            dilation_h=self.dilation[0],
+            dilation_w=self.dilation[1],
+            pad_top=top,
+            pad_left=left,
+            depth_multiplier=depth_multiplier,
+            input_zero_point=zp_in,
+        )
+
+
+def _same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TFLite SAME padding: (before, after), the extra one after."""
+    eff = (k - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + eff - size, 0)
+    return total // 2, total - total // 2
+
+
+# --------------------------------------------------------------------------------------------
+# output transforms of MAC ops: constants for the reference graph and the C struct
+# --------------------------------------------------------------------------------------------
+
+S_IN = _f32(F32_ONE_PLUS * 2.0**-6)  # input scale (mantissa 1 + 2**-23: see the Q31 edge)
+S_OUT = 2.0**-2
+
+
+@dataclass
+class MacOutput:
+    """One output transform of a MAC op: reference inputs/attrs and the C ``bnn_output_t``."""
+
+    kind: str
+    consts: list[Tensor]
+    attrs: dict[str, Any]
+    out_dtype: str
+    out_quant: Quant | None
+    w_scales: np.ndarray
+    struct: Struct
+
+
+def _weight_scales(rng: np.random.Generator, channels: int, k_len: int) -> np.ndarray:
+    """Per-channel weight scales: ordinary ones plus the Q31 edges of QuantizeMultiplier.
+
+    Channel 1: a real multiplier (1 - 2**-46) * 2**-12, whose Q31 value rounds to 2**31 (halved
+    by QuantizeMultiplier); 2: 2**-34 (shift < -31: multiplier 0); 3: 0.6 * 2**-31 (shift -31);
+    4: 3.3 (a left shift); the others about 1 / (400 * sqrt(K)) so outputs spread over int8.
+    """
+    base = 2.0 ** rng.uniform(-3.0, 1.0, channels) / (400.0 * math.sqrt(k_len))
+    reals = base.copy()
+    specials = {2: 2.0**-34, 3: 0.6 * 2.0**-31, 4: 3.3}
+    for c, real in specials.items():
+        if c < channels:
+            reals[c] = real
+    scales = (reals * S_OUT / S_IN).astype(np.float32)
+    if channels > 1:
+        scales[1] = np.float32(F32_ONE_MINUS * 2.0**-8)  # S_IN * this / S_OUT = (1-2**-46)*2**-12
+    return scales.astype(np.float64)
+
+
+def _tflite_output(
+    rng: np.random.Generator,
+    channels: int,
+    k_len: int,
+    zp_out: int,
+    activation: str,
+    per_tensor: bool = False,
+) -> MacOutput:
+    ws = _weight_scales(rng, 1 if per_tensor else channels, k_len)
+    mults, shifts = [], []
+    for c in range(channels):
+        s_w = ws[0] if per_tensor else ws[c]
+        if per_tensor:  # TFLite's GetQuantizedConvolutionMultipler: float32 product first
+            real = float(np.float32(S_IN) * np.float32(s_w)) / _f32(S_OUT)
+        else:
+            real = _f32(S_IN) * _f32(s_w) / _f32(S_OUT)
+        q, s = quantize_multiplier(real)
+        mults.append(q)
+        shifts.append(s)
+    if channels > 1 and not per_tensor:
+        assert mults[1] == 2**30, "the Q31 rounding edge was not reached"
+    out_quant = Quant.per_tensor(S_OUT, zp_out)
+    lo, hi = activation_range(activation, out_quant)
+    bias = rng.integers(-(2**12), 2**12, channels).astype(np.int32)
+    if channels > 5:  # near the int32 limits: acc + bias wraps like int32 (as the reference)
+        bias[5] = 2**31 - 7
+    if channels > 6:
+        bias[6] = -(2**31) + 3
+    struct = Struct(
+        "bnn_output_t",
+        kind=OUT_TFLITE,
+        bias=bias,
+        q_mult=np.asarray(mults, np.int32),
+        q_shift=np.asarray(shifts, np.int32),
+        out_zero_point=zp_out,
+        act_min=lo,
+        act_max=hi,
+    )
+    consts = [Tensor("bias", (channels,), "int32", data=bias)]
+    return MacOutput("tflite", consts, {"activation": activation}, "int8", out_quant, ws, struct)
+
+
+def _affine_output(
+    rng: np.random.Generator, channels: int, acc_bound: int, k_len: int, clamp: tuple[int, int]
+) -> MacOutput:
+    m = rng.choice([-1.0, 1.0], channels) * 2.0 ** rng.uniform(-2.0, 1.0, channels)
+    m /= 400.0 * math.sqrt(k_len)
+    b = rng.uniform(-40.0, 40.0, channels)
+    specials = [0.0, 2.0**-7, -1e-9, 37.0, -(2.0**-3)]  # zero, exact, tiny, saturating, negative
+    for c, v in enumerate(specials[: max(channels - 1, 0)]):
+        m[c + 1] = v
+    if channels > 2:
+        b[2] = 0.5  # a tie, where round-half-even matters
+    mult, shift, offset = affine_constants(m, b, acc_bound, "test")
+    struct = Struct(
+        "bnn_output_t",
+        kind=OUT_AFFINE,
+        a_mult=mult,
+        a_shift=shift,
+        a_offset=offset,
+        act_min=clamp[0],
+        act_max=clamp[1],
+        out_zero_point=99,  # unused by the affine transform
+    )
+    consts = [
+        Tensor("multiplier", (channels,), "int32", data=mult),
+        Tensor("shift", (channels,), "int8", data=shift),
+        Tensor("offset", (channels,), "int64", data=offset),
+    ]
+    attrs = {"output_transform": "affine", "clamp": clamp}
+    return MacOutput(
+        "affine", consts, attrs, "int8", Quant.per_tensor(S_OUT, 0), np.ones(channels), struct
+    )
+
+
+def _float_output(
+    rng: np.random.Generator, channels: int, k_len: int, activation: str
+) -> MacOutput:
+    scale = rng.choice([-1.0, 1.0], channels) * 2.0 ** rng.uniform(-3.0, 1.0, channels)
+    scale = (scale / (3000.0 * math.sqrt(k_len))).astype(np.float32)
+    offset = rng.uniform(-3.0, 3.0, channels).astype(np.float32)
+    offset[:: max(channels // 3, 1)] = np.float32(-0.0)
+    struct = Struct(
+        "bnn_output_t",
+        kind=OUT_FLOAT,
+        f_scale=scale,
+        f_offset=offset,
+        float_activation=ACTIVATIONS[activation],
+        act_min=5,  # unused by the float transform
+        act_max=-5,
+    )
+    consts = [
+        Tensor("scale", (channels,), "float32", data=scale),
+        Tensor("offset", (channels,), "float32", data=offset),
+    ]
+    attrs = {"output_transform": "float", "activation": activation}
+    return MacOutput("float", consts, attrs, "float32", None, np.ones(channels), struct)
+
+
+TRANSFORMS = ("tflite", "affine", "float")
+# (zero point of the output, activation) for tflite; clamp for affine; activation for float
+TFLITE_OUT = [(-128, "relu"), (127, "none"), (-3, "relu6"), (5, "none")]
+AFFINE_CLAMP = [(-128, 127), (0, 127), (-100, 50), (-128, 127)]
+FLOAT_ACT = ["relu", "none", "relu6", "relu"]
+
+
+def _mac_output(
+    kind: str, rng: np.random.Generator, channels: int, k_len: int, variant: int
+) -> MacOutput:
+    acc_bound = 255 * 128 * k_len
+    if kind == "tflite":
+        zp_out, act = TFLITE_OUT[variant % len(TFLITE_OUT)]
+        return _tflite_output(rng, channels, k_len, zp_out, act)
+    if kind == "affine":
+        return _affine_output(rng, channels, acc_bound, k_len, AFFINE_CLAMP[variant % 4])
+    return _float_output(rng, channels, k_len, FLOAT_ACT[variant % len(FLOAT_ACT)])
+
+
+def _mac_case(
+    op_type: str,
+    x: np.ndarray,
+    zp_in: int,
+    w: np.ndarray,
+    w_axis: int,
+    out_shape: tuple[int, ...],
+    mac: MacOutput,
+    attrs: dict[str, Any],
+) -> np.ndarray:
+    """Reference output of a one-op MAC graph."""
+    x_t = Tensor("x", x.shape, "int8", Quant.per_tensor(S_IN, zp_in))
+    w_quant = Quant(mac.w_scales, np.zeros(mac.w_scales.size, np.int64), w_axis)
+    w_t = Tensor("w", w.shape, "int8", w_quant, w)
+    y_t = Tensor("y", out_shape, mac.out_dtype, mac.out_quant)
+    graph = _one_op_graph(op_type, [x_t, w_t, *mac.consts], y_t, {**attrs, **mac.attrs})
+    return _reference(graph, {"x": x})
+
+
+# --------------------------------------------------------------------------------------------
+# Conv2D
+# --------------------------------------------------------------------------------------------
+
+# (geometry, input channels, output channels, input zero point)
+CONV_CASES: list[tuple[Geo, int, int, int]] = [
+    (Geo(5, 5, 1, 1), 16, 24, -128),  # pointwise
+    (Geo(1, 1, 1, 1), 70, 40, 127),  # 1x1 spatial, pointwise
+    (Geo(7, 7, 1, 1, stride=(2, 2)), 24, 16, 3),  # pointwise, stride 2, odd input
+    (Geo(7, 7, 3, 3, stride=(2, 2), padding="same"), 3, 16, -128),  # stem: odd input, stride 2
+    (Geo(6, 6, 3, 3, stride=(2, 2), padding="same"), 3, 16, 0),  # same, asymmetric (0, 1)
+    (Geo(8, 8, 3, 3, stride=(2, 2)), 16, 3, 127),  # valid, a row left out at the bottom
+    (Geo(9, 7, 5, 3, padding="same"), 1, 3, 10),  # kernel 5x3
+    (Geo(7, 9, 5, 3, stride=(1, 2)), 3, 1, -7),  # kernel 5x3, valid, stride (1, 2)
+    (Geo(9, 9, 3, 3, dilation=(2, 2)), 8, 4, -128),  # dilation 2, valid
+    (Geo(7, 6, 3, 3, dilation=(2, 2), padding="same"), 3, 24, 127),  # dilation 2, same
+    (Geo(6, 5, 3, 3, padding=(2, 0, 1, 2)), 40, 1, -1),  # explicit asymmetric pads
+    (Geo(1, 1, 3, 3, padding="same"), 16, 8, -128),  # 3x3 on a 1x1 input
+    (Geo(3, 3, 3, 3, padding="same"), 70, 70, 5),  # many channels
+    (Geo(4, 3, 2, 2, stride=(2, 1), padding=(0, 0, 1, 0)), 24, 40, -20),  # even kernel
+]
+
+
+def _conv_id(case: tuple[Geo, int, int, int]) -> str:
+    g, c, o, zp = case
+    return f"{g.h}x{g.w}x{c}-k{g.kh}x{g.kw}-s{g.stride[0]}{g.stride[1]}-{g.padding}-o{o}-zp{zp}"
+
+
+@pytest.mark.parametrize("kind", TRANSFORMS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=_conv_id)
+def test_conv2d(backend: Any, case: tuple[Geo, int, int, int], kind: str) -> None:
+    geo, c, o, zp_in = case
+    variant = CONV_CASES.index(case)
+    rng = np.random.default_rng(100 + variant)
+    x = _int8(rng, (1, geo.h, geo.w, c))
+    w = _int8(rng, (o, geo.kh, geo.kw, c))
+    oh, ow = geo.out_hw()
+    mac = _mac_output(kind, rng, o, geo.kh * geo.kw * c, variant)
+    expected = _mac_case("Conv2D", x, zp_in, w, 0, (1, oh, ow, o), mac, geo.attrs())
+    out = _sentinel((1, oh, ow, o), np.float32 if kind == "float" else np.int8)
+    scratch = backend.int_function(
+        "bnn_conv2d_s8_scratch_size", dims(*x.shape), dims(*w.shape), dims(1, oh, ow, o)
+    )
+    assert scratch == 0
+    status = backend.call(
+        "bnn_conv2d_s8",
+        _ctx(),
+        geo.params(zp_in),
+        mac.struct,
+        dims(*x.shape),
+        x,
+        dims(*w.shape),
+        w,
+        dims(1, oh, ow, o),
+        out,
+    )
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# DepthwiseConv2D
+# --------------------------------------------------------------------------------------------
+
+# (geometry, channels, depth multiplier, input zero point)
+DW_CASES: list[tuple[Geo, int, int, int]] = [
+    (Geo(6, 6, 3, 3, padding="same"), 16, 1, -128),
+    (Geo(7, 7, 3, 3, stride=(2, 2), padding="same"), 24, 1, 127),  # transition block
+    (Geo(6, 6, 3, 3, stride=(2, 2), padding="same"), 40, 1, 0),  # asymmetric same
+    (Geo(3, 3, 3, 3), 70, 1, -5),  # 3x3 to 1x1 (the hybrid's head), 70 = 4 * 17 + 2
+    (Geo(1, 1, 3, 3, padding="same"), 1, 1, 127),  # 1x1 spatial, one channel
+    (Geo(5, 4, 3, 3, padding="same"), 3, 2, -128),  # depth multiplier 2
+    (Geo(8, 7, 5, 3, stride=(2, 1), padding="same"), 16, 2, 9),  # 5x3, depth multiplier 2
+    (Geo(5, 5, 1, 1), 24, 1, -1),  # 1x1 kernel
+    (Geo(9, 8, 3, 3, dilation=(2, 2), padding="same"), 24, 1, 100),  # dilation 2
+    (Geo(6, 7, 3, 3, padding=(0, 2, 2, 1)), 40, 1, -128),  # explicit asymmetric pads
+    (Geo(8, 8, 3, 3, stride=(2, 2)), 70, 2, 64),  # valid, stride 2, M = 2
+]
+
+
+@pytest.mark.parametrize("kind", TRANSFORMS)
+@pytest.mark.parametrize("case", DW_CASES, ids=_conv_id)
+def test_depthwise_conv2d(backend: Any, case: tuple[Geo, int, int, int], kind: str) -> None:
+    geo, c, mult, zp_in = case
+    variant = DW_CASES.index(case)
+    rng = np.random.default_rng(200 + variant)
+    x = _int8(rng, (1, geo.h, geo.w, c))
+    w = _int8(rng, (1, geo.kh, geo.kw, c * mult))
+    oh, ow = geo.out_hw()
+    mac = _mac_output(kind, rng, c * mult, geo.kh * geo.kw, variant)
+    attrs = {**geo.attrs(), "depth_multiplier": mult}
+    expected = _mac_case("DepthwiseConv2D", x, zp_in, w, 3, (1, oh, ow, c * mult), mac, attrs)
+    out = _sentinel((1, oh, ow, c * mult), np.float32 if kind == "float" else np.int8)
+    status = backend.call(
+        "bnn_depthwise_conv2d_s8",
+        _ctx(),
+        geo.params(zp_in, mult),
+        mac.struct,
+        dims(*x.shape),
+        x,
+        dims(*w.shape),
+        w,
+        dims(1, oh, ow, c * mult),
+        out,
+    )
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Dense
+# --------------------------------------------------------------------------------------------
+
+# (in features, out features, input zero point)
+DENSE_CASES = [(1, 1, 0), (3, 24, -128), (16, 3, 127), (70, 40, 7), (1280, 128, -128), (37, 70, 1)]
+
+
+@pytest.mark.parametrize("kind", [*TRANSFORMS, "tflite-per-tensor"])
+@pytest.mark.parametrize("case", DENSE_CASES, ids=lambda c: f"{c[0]}to{c[1]}-zp{c[2]}")
+def test_dense(backend: Any, case: tuple[int, int, int], kind: str) -> None:
+    k, o, zp_in = case
+    variant = DENSE_CASES.index(case)
+    rng = np.random.default_rng(300 + variant)
+    x = _int8(rng, (1, k))
+    w = _int8(rng, (o, k))
+    if kind == "tflite-per-tensor":
+        zp_out, act = TFLITE_OUT[variant % len(TFLITE_OUT)]
+        mac = _tflite_output(rng, o, k, zp_out, act, per_tensor=True)  # one weight scale
+    else:
+        mac = _mac_output(kind, rng, o, k, variant)
+    expected = _mac_case("Dense", x, zp_in, w, 0, (1, o), mac, {})
+    out = _sentinel((o,), np.float32 if kind == "float" else np.int8)
+    params = Struct("bnn_conv_params_t", input_zero_point=zp_in, stride_h=9, dilation_w=-3)
+    status = backend.call("bnn_dense_s8", _ctx(), params, mac.struct, k, x, o, w, out)
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+def test_affine_ties(backend: Any) -> None:
+    """QKeras without BatchNorm: power-of-two multipliers and (half-)integer offsets are exact,
+    so many results are ties, which round half to even (a 1x1 conv of every int8 value)."""
+    x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
+    w = np.asarray([1, -1, 3, -3, 1, 2, -1, 5], np.int8).reshape(8, 1, 1, 1)
+    m = np.asarray([2.0**-1, 2.0**-2, -(2.0**-3), 2.0**-1, -(2.0**-4), 2.0**-2, 2.0**-1, 1.0])
+    b = np.asarray([0.0, 0.5, -3.0, 7.5, 0.25, -0.5, 100.0, -0.5])
+    mult, shift, offset = affine_constants(m, b, 255 * 128, "test")
+    consts = [
+        Tensor("multiplier", (8,), "int32", data=mult),
+        Tensor("shift", (8,), "int8", data=shift),
+        Tensor("offset", (8,), "int64", data=offset),
+    ]
+    struct = Struct(
+        "bnn_output_t",
+        kind=OUT_AFFINE,
+        a_mult=mult,
+        a_shift=shift,
+        a_offset=offset,
+        act_min=-128,
+        act_max=127,
+    )
+    attrs = {"output_transform": "affine", "clamp": (-128, 127)}
+    mac = MacOutput("affine", consts, attrs, "int8", Quant.per_tensor(1.0, 0), np.ones(8), struct)
+    expected = _mac_case("Conv2D", x, 3, w, 0, (1, 16, 16, 8), mac, {})
+    acc = (x.reshape(-1, 1).astype(np.int64) - 3) * w.reshape(1, 8)
+    real = acc * m + b
+    assert np.sum(real - np.floor(real) == 0.5) > 500  # ties, plenty
+    assert np.array_equal(expected.reshape(-1, 8), np.clip(np.rint(real), -128, 127))
+    out = _sentinel((1, 16, 16, 8), np.int8)
+    status = backend.call(
+        "bnn_conv2d_s8",
+        _ctx(),
+        Geo(16, 16, 1, 1).params(3),
+        struct,
+        dims(*x.shape),
+        x,
+        dims(*w.shape),
+        w,
+        dims(1, 16, 16, 8),
+        out,
+    )
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+def test_float_transform_signed_zeros(backend: Any, activation: str) -> None:
+    """Zero accumulators (x == zero point): f32(0 * scale) + offset keeps or drops the sign of
+    zero as float32 arithmetic does; ReLU / ReLU6 give +0.0 (numpy's maximum(y, 0))."""
+    k, o = 5, 6
+    x = np.full((1, k), -7, np.int8)
+    w = np.random.default_rng(9).integers(-128, 128, (o, k), dtype=np.int8)
+    scale = np.asarray([-0.5, 0.5, -0.5, 0.5, -1e-3, 2.0], np.float32)
+    offset = np.asarray([-0.0, -0.0, 0.0, 0.0, -3.0, 7.0], np.float32)
+    struct = Struct(
+        "bnn_output_t",
+        kind=OUT_FLOAT,
+        f_scale=scale,
+        f_offset=offset,
+        float_activation=ACTIVATIONS[activation],
+    )
+    consts = [
+        Tensor("scale", (o,), "float32", data=scale),
+        Tensor("offset", (o,), "float32", data=offset),
+    ]
+    attrs = {"output_transform": "float", "activation": activation}
+    mac = MacOutput("float", consts, attrs, "float32", None, np.ones(o), struct)
+    expected = _mac_case("Dense", x, -7, w, 0, (1, o), mac, {})
+    if activation == "none":
+        assert np.signbit(expected.reshape(-1)[:4]).tolist() == [True, False, False, False]
+    out = _sentinel((o,), np.float32)
+    params = Struct("bnn_conv_params_t", input_zero_point=-7)
+    assert backend.call("bnn_dense_s8", _ctx(), params, struct, k, x, o, w, out) == BNN_OK
+    _assert_same(out, expected)
+
+
+def test_dense_large_accumulators(backend: Any) -> None:
+    """Accumulators near 2**28 and wrapping biases, through every TFLite multiplier edge."""
+    rng = np.random.default_rng(7)
+    k, o = 8192, 12
+    x = np.full((1, k), 127, np.int8)
+    w = np.where(rng.random((o, k)) < 0.97, 127, -128).astype(np.int8)
+    w[1::2] = -w[1::2] - 1  # negative sums too
+    mac = _tflite_output(rng, o, 16, -128, "none")
+    expected = _mac_case("Dense", x, -128, w, 0, (1, o), mac, {})
+    out = _sentinel((o,), np.int8)
+    params = Struct("bnn_conv_params_t", input_zero_point=-128)
+    assert backend.call("bnn_dense_s8", _ctx(), params, mac.struct, k, x, o, w, out) == BNN_OK
+    _assert_same(out, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Add
+# --------------------------------------------------------------------------------------------
+
+# (shape, (s_a, zp_a), (s_b, zp_b), (s_out, zp_out), activation)
+ADD_CASES = [
+    ((1, 4, 4, 16), (0.05, -128), (0.02, 127), (0.06, 3), "none"),
+    ((1, 1, 1, 1), (0.1, 0), (0.1, 0), (0.2, -128), "relu"),
+    ((1, 3, 5, 3), (0.013, 20), (0.5, -7), (0.3, -100), "relu6"),
+    ((1, 7, 7, 24), (1e-3, -128), (2e-3, 127), (2.5e-4, 127), "none"),  # out scale < inputs'
+    ((1, 2, 3, 70), (0.4, 5), (0.003, -60), (0.01, 0), "relu"),
+]
+
+
+def _add_tensors(
+    case: tuple[Any, ...],
+) -> tuple[Tensor, Tensor, Tensor, tuple[float, int], tuple[float, int], tuple[float, int]]:
+    shape, (s_a, zp_a), (s_b, zp_b), (s_o, zp_o), _ = case
+    a_t = Tensor("a", shape, "int8", Quant.per_tensor(s_a, zp_a))
+    b_t = Tensor("b", shape, "int8", Quant.per_tensor(s_b, zp_b))
+    y_t = Tensor("y", shape, "int8", Quant.per_tensor(s_o, zp_o))
+    return a_t, b_t, y_t, (s_a, zp_a), (s_b, zp_b), (s_o, zp_o)
+
+
+@pytest.mark.parametrize("case", ADD_CASES, ids=lambda c: "x".join(map(str, c[0])) + c[-1])
+def test_add_tflite(backend: Any, case: tuple[Any, ...]) -> None:
+    a_t, b_t, y_t, (s_a, zp_a), (s_b, zp_b), (s_o, zp_o) = _add_tensors(case)
+    act = case[-1]
+    rng = np.random.default_rng(400 + ADD_CASES.index(case))
+    a, b = _int8(rng, a_t.shape), _int8(rng, b_t.shape)
+    graph = _one_op_graph("Add", [a_t, b_t], y_t, {"activation": act})
+    expected = _reference(graph, {"a": a, "b": b})
+    # the constants of TFLite's int8 ADD (as the reference derives them)
+    twice_max = float(np.float32(2) * max(np.float32(s_a), np.float32(s_b)))
+    qa, sa = quantize_multiplier(_f32(s_a) / twice_max)
+    qb, sb = quantize_multiplier(_f32(s_b) / twice_max)
+    qo, so = quantize_multiplier(twice_max / _f32((1 << 20) * np.float32(s_o)))
+    lo, hi = activation_range(act, y_t.quant)
+    params = Struct(
+        "bnn_add_params_t",
+        kind=OUT_TFLITE,
+        a_zero_point=zp_a,
+        b_zero_point=zp_b,
+        left_shift=20,
+        a_mult=qa,
+        a_shift=sa,
+        b_mult=qb,
+        b_shift=sb,
+        out_mult=qo,
+        out_shift=so,
+        out_zero_point=zp_o,
+        act_min=lo,
+        act_max=hi,
+    )
+    out = _sentinel(a.shape, np.int8)
+    assert backend.call("bnn_add_s8", params, a.size, a, b, out) == BNN_OK
+    _assert_same(out, expected)
+
+
+@pytest.mark.parametrize("negative", [False, True])
+@pytest.mark.parametrize("case", ADD_CASES, ids=lambda c: "x".join(map(str, c[0])) + c[-1])
+def test_add_affine(backend: Any, case: tuple[Any, ...], negative: bool) -> None:
+    a_t, b_t, y_t, (s_a, zp_a), (s_b, zp_b), (s_o, zp_o) = _add_tensors(case)
+    rng = np.random.default_rng(450 + ADD_CASES.index(case))
+    a, b = _int8(rng, a_t.shape), _int8(rng, b_t.shape)
+    m_b = -s_b / s_o if negative else s_b / s_o  # a negative multiplier (a subtraction)
+    mult, shift, offset = shared_shift_constants([s_a / s_o, m_b], zp_o, 255, "test")
+    clamp = (-128, 127) if case[-1] == "none" else (max(zp_o, -128), 127)
+    consts = [
+        Tensor("multiplier", (2,), "int32", data=mult),
+        Tensor("shift", (1,), "int8", data=shift),
+        Tensor("offset", (1,), "int64", data=offset),
+    ]
+    attrs = {"output_transform": "affine", "clamp": clamp}
+    graph = _one_op_graph("Add", [a_t, b_t, *consts], y_t, attrs)
+    expected = _reference(graph, {"a": a, "b": b})
+    params = Struct(
+        "bnn_add_params_t",
+        kind=OUT_AFFINE,
+        a_zero_point=zp_a,
+        b_zero_point=zp_b,
+        affine_mult0=int(mult[0]),
+        affine_mult1=int(mult[1]),
+        affine_shift=int(shift[0]),
+        affine_offset=int(offset[0]),
+        act_min=clamp[0],
+        act_max=clamp[1],
+    )
+    out = _sentinel(a.shape, np.int8)
+    assert backend.call("bnn_add_s8", params, a.size, a, b, out) == BNN_OK
+    _assert_same(out, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# pooling and mean
+# --------------------------------------------------------------------------------------------
+
+# (input h, w, c, pool (kh, kw), strides, padding)
+POOL_CASES: list[tuple[Geo, int]] = [
+    (Geo(8, 8, 2, 2, stride=(2, 2)), 16),
+    (Geo(7, 7, 3, 3, stride=(2, 2), padding="same"), 3),  # odd input, same, stride 2
+    (Geo(6, 6, 3, 3, stride=(2, 2), padding="same"), 24),  # asymmetric same
+    (Geo(5, 6, 3, 3, padding="same"), 1),
+    (Geo(9, 7, 5, 3, stride=(2, 2)), 40),  # 5x3 valid
+    (Geo(3, 3, 3, 3), 70),  # global
+    (Geo(1, 1, 1, 1), 16),  # 1x1 spatial
+    (Geo(5, 5, 3, 3, stride=(1, 1), padding=(2, 0, 0, 2)), 3),  # explicit asymmetric pads
+]
+
+
+@pytest.mark.parametrize("op_type", ["AveragePool2D", "MaxPool2D"])
+@pytest.mark.parametrize("act", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: _conv_id((c[0], c[1], c[1], 0)))
+def test_pool(backend: Any, case: tuple[Geo, int], act: str, op_type: str) -> None:
+    geo, c = case
+    rng = np.random.default_rng(500 + POOL_CASES.index(case))
+    zp = int(rng.choice([-128, 127, -3]))
+    quant = Quant.per_tensor(0.05, zp)
+    x = _int8(rng, (1, geo.h, geo.w, c))
+    oh, ow = geo.out_hw()
+    x_t = Tensor("x", x.shape, "int8", quant)
+    y_t = Tensor("y", (1, oh, ow, c), "int8", quant)
+    attrs = {"pool": (geo.kh, geo.kw), "strides": geo.stride, "pads": list(geo.pads())}
+    graph = _one_op_graph(op_type, [x_t], y_t, {**attrs, "activation": act})
+    expected = _reference(graph, {"x": x})
+    lo, hi = activation_range(act, quant)
+    out = _sentinel(y_t.shape, np.int8)
+    function = "bnn_avgpool_s8" if op_type == "AveragePool2D" else "bnn_maxpool_s8"
+    status = backend.call(
+        function, geo.params(), geo.kh, geo.kw, lo, hi, dims(*x.shape), x, dims(*y_t.shape), out
+    )
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+def test_avgpool_rounding(backend: Any) -> None:
+    """Sums that are exact halves, positive and negative (round half away from zero)."""
+    x = np.asarray([1, 2, -1, -2, 3, 0, -3, 0, 127, 127, -128, -128], np.int8).reshape(1, 1, 12, 1)
+    geo = Geo(1, 12, 1, 2, stride=(1, 2))
+    x_t = Tensor("x", x.shape, "int8", Quant.per_tensor(1.0, 0))
+    y_t = Tensor("y", (1, 1, 6, 1), "int8", Quant.per_tensor(1.0, 0))
+    graph = _one_op_graph("AveragePool2D", [x_t], y_t, {"pool": (1, 2), "strides": (1, 2)})
+    expected = _reference(graph, {"x": x})
+    assert expected.reshape(-1).tolist() == [2, -2, 2, -2, 127, -128]
+    out = _sentinel((6,), np.int8)
+    status = backend.call(
+        "bnn_avgpool_s8", geo.params(), 1, 2, -128, 127, dims(*x.shape), x, dims(1, 1, 6, 1), out
+    )
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+# (h, w, c, (s_in, zp_in), (s_out, zp_out))
+MEAN_CASES = [
+    (3, 3, 70, (0.05, -128), (0.05, -128)),
+    (1, 1, 16, (0.1, 127), (0.07, 0)),
+    (7, 7, 3, (0.02, 5), (0.01, -3)),  # ratio 2: positive shift
+    (6, 6, 24, (0.01, 0), (0.5, 127)),  # small ratio
+    (2, 3, 1, (3e-7, -100), (0.9, 10)),  # tiny ratio: QuantizeMultiplier gives (0, 0)
+    (96, 96, 3, (0.03, 17), (0.03, 17)),  # n = 9216
+    (5, 1, 40, (0.7, -1), (0.001, 2)),  # saturating
+]
+
+
+@pytest.mark.parametrize("case", MEAN_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}")
+def test_mean(backend: Any, case: tuple[Any, ...]) -> None:
+    h, w, c, (s_in, zp_in), (s_out, zp_out) = case
+    rng = np.random.default_rng(600 + MEAN_CASES.index(case))
+    x = _int8(rng, (1, h, w, c))
+    x_t = Tensor("x", x.shape, "int8", Quant.per_tensor(s_in, zp_in))
+    y_t = Tensor("y", (1, c), "int8", Quant.per_tensor(s_out, zp_out))
+    graph = _one_op_graph("Mean", [x_t], y_t, {"axes": (1, 2)})
+    expected = _reference(graph, {"x": x})
+    q, shift = quantize_multiplier(_f32(s_in) / _f32(s_out))
+    out = _sentinel((c,), np.int8)
+    status = backend.call("bnn_mean_s8", q, shift, zp_in, zp_out, dims(*x.shape), x, out)
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# quantize, dequantize, requantize
+# --------------------------------------------------------------------------------------------
+
+
+def _quantize_inputs(rng: np.random.Generator, scale: float) -> np.ndarray:
+    s = np.float32(scale)
+    ties = (np.arange(-300, 300, dtype=np.float32) + np.float32(0.5)) * s  # exact for 2**k
+    near_half = np.asarray([0.49999997, -0.49999997, 0.50000006, 1.4999999, 2.5000002], np.float32)
+    special = np.asarray([0.0, -0.0, 1e30, -1e30, np.inf, -np.inf, 1e-30, 126.5, -128.5])
+    return np.concatenate(
+        [
+            ties,
+            near_half * s,
+            special.astype(np.float32),
+            (rng.normal(0.0, 60.0, 2000) * s).astype(np.float32),
+            rng.uniform(-1.0, 1.0, 200).astype(np.float32),
+        ]
+    ).astype(np.float32)
+
+
+@pytest.mark.parametrize("rounding", ["half_away", "half_even"])
+@pytest.mark.parametrize(
+    "scale, zp, qrange",
+    [(0.25, 0, None), (0.25, -128, None), (1.0, 127, (-127, 127)), (0.0137, 3, (0, 100))],
+)
+def test_quantize(
+    backend: Any, rounding: str, scale: float, zp: int, qrange: tuple[int, int] | None
+) -> None:
+    rng = np.random.default_rng(700)
+    x = _quantize_inputs(rng, scale)
+    x_t = Tensor("x", x.shape, "float32")
+    y_t = Tensor("y", x.shape, "int8", Quant.per_tensor(scale, zp))
+    attrs: dict[str, Any] = {"rounding": rounding}
+    if qrange is not None:
+        attrs["qrange"] = qrange
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = _reference(_one_op_graph("Quantize", [x_t], y_t, attrs), {"x": x})
+    lo, hi = qrange if qrange is not None else (-128, 127)
+    mode = ROUND_HALF_AWAY if rounding == "half_away" else ROUND_HALF_EVEN
+    out = _sentinel(x.shape, np.int8)
+    status = backend.call("bnn_quantize_f32_s8", x.size, x, F32(scale), zp, mode, lo, hi, out)
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+def test_quantize_roundings_differ(backend: Any) -> None:
+    """The two roundings on the ties of test_transforms, through the C kernel."""
+    x = np.asarray([0.125, 0.375, -0.125, -0.375, 100.0, -100.0, 0.0, 0.2], np.float32)
+    got = {}
+    for mode in (ROUND_HALF_AWAY, ROUND_HALF_EVEN):
+        out = _sentinel(x.shape, np.int8)
+        assert backend.call("bnn_quantize_f32_s8", 8, x, F32(0.25), -2, mode, -128, 127, out) == 0
+        got[mode] = out.tolist()
+    assert got[ROUND_HALF_AWAY] == [-1, 0, -3, -4, 127, -128, -2, -1]
+    assert got[ROUND_HALF_EVEN] == [-2, 0, -2, -4, 127, -128, -2, -1]
+
+
+@pytest.mark.parametrize("scale, zp", [(0.05, -128), (0.1, 127), (3.3e-5, 0), (1.7, -9)])
+def test_dequantize(backend: Any, scale: float, zp: int) -> None:
+    x = np.arange(-128, 128, dtype=np.int8)
+    x_t = Tensor("x", x.shape, "int8", Quant.per_tensor(scale, zp))
+    y_t = Tensor("y", x.shape, "float32")
+    expected = _reference(_one_op_graph("Dequantize", [x_t], y_t, {}), {"x": x})
+    out = _sentinel(x.shape, np.float32)
+    assert backend.call("bnn_dequantize_s8_f32", x.size, x, F32(scale), zp, out) == BNN_OK
+    _assert_same(out, expected)
+
+
+@pytest.mark.parametrize(
+    "s_in, zp_in, s_out, zp_out",
+    [(0.5, 3, 0.25, -2), (0.02, -128, 0.1, 127), (0.1, 127, 0.013, -128), (1e-3, 0, 7.0, 0)],
+)
+@pytest.mark.parametrize("kind", ["tflite", "affine"])
+def test_requantize(
+    backend: Any, kind: str, s_in: float, zp_in: int, s_out: float, zp_out: int
+) -> None:
+    x = np.arange(-128, 128, dtype=np.int8)
+    x_t = Tensor("x", x.shape, "int8", Quant.per_tensor(s_in, zp_in))
+    y_t = Tensor("y", x.shape, "int8", Quant.per_tensor(s_out, zp_out))
+    consts: list[Tensor] = []
+    attrs: dict[str, Any] = {}
+    if kind == "tflite":
+        q, shift = quantize_multiplier(_f32(s_in) / _f32(s_out))
+        struct = Struct(
+            "bnn_output_t",
+            kind=OUT_TFLITE,
+            q_mult=np.asarray([q], np.int32),
+            q_shift=np.asarray([shift], np.int32),
+            out_zero_point=zp_out,
+            act_min=-128,
+            act_max=127,
+            bias=np.asarray([1000], np.int32),  # bias is not used
+        )
+    else:
+        mult, shift_a, offset = shared_shift_constants([s_in / s_out], zp_out, 255, "test")
+        consts = [
+            Tensor("multiplier", (1,), "int32", data=mult),
+            Tensor("shift", (1,), "int8", data=shift_a),
+            Tensor("offset", (1,), "int64", data=offset),
+        ]
+        attrs = {"output_transform": "affine", "clamp": (-120, 100)}
+        struct = Struct(
+            "bnn_output_t",
+            kind=OUT_AFFINE,
+            a_mult=mult,
+            a_shift=shift_a,
+            a_offset=offset,
+            act_min=-120,
+            act_max=100,
+        )
+    expected = _reference(_one_op_graph("Quantize", [x_t, *consts], y_t, attrs), {"x": x})
+    out = _sentinel(x.shape, np.int8)
+    assert backend.call("bnn_requantize_s8", struct, zp_in, x.size, x, out) == BNN_OK
+    _assert_same(out, expected)
+
+
+def _mbqm_pairs(rng: np.random.Generator) -> Iterator[tuple[int, int]]:
+    """(multiplier, shift) pairs at the edges of MultiplyByQuantizedMultiplier."""
+    yield from [
+        (2**31 - 1, 0),
+        (2**31 - 1, -31),
+        (2**31 - 1, 31),
+        (2**30, -31),
+        (2**30, 24),
+        (-(2**31), 24),  # with x = -128 << 24 = INT32_MIN: the saturating case
+        (-(2**31), 0),
+        (1, 0),
+        (0, 0),
+        (-12345, -3),
+    ]
+    for _ in range(40):
+        yield int(rng.integers(-(2**31), 2**31)), int(rng.integers(-31, 32))
+
+
+def test_requantize_mbqm_edges(backend: Any) -> None:
+    """bnn_requantize_s8 (TFLITE) against multiply_by_quantized_multiplier, any (q, shift)."""
+    rng = np.random.default_rng(800)
+    x = np.arange(-128, 128, dtype=np.int8)
+    for zp_in in (0, -128, 127):
+        for q, shift in _mbqm_pairs(rng):
+            d = x.astype(np.int64) - zp_in
+            expected = np.clip(multiply_by_quantized_multiplier(d, q, shift) + 5, -128, 127)
+            struct = Struct(
+                "bnn_output_t",
+                kind=OUT_TFLITE,
+                q_mult=np.asarray([q], np.int32),
+                q_shift=np.asarray([shift], np.int32),
+                out_zero_point=5,
+                act_min=-128,
+                act_max=127,
+            )
+            out = _sentinel(x.shape, np.int8)
+            assert backend.call("bnn_requantize_s8", struct, zp_in, x.size, x, out) == BNN_OK
+            _assert_same(out, expected.astype(np.int8))
+
+
+# --------------------------------------------------------------------------------------------
+# bad arguments: BNN_ERROR_ARGUMENT and nothing written
+# --------------------------------------------------------------------------------------------
+
+
+def _tflite_struct(channels: int, **changes: Any) -> Struct:
+    fields: dict[str, Any] = {
+        "kind": OUT_TFLITE,
+        "q_mult": np.full(channels, 2**30, np.int32),
+        "q_shift": np.full(channels, -8, np.int32),
+        "out_zero_point": 0,
+        "act_min": -128,
+        "act_max": 127,
+    }
+    fields.update(changes)
+    return Struct("bnn_output_t", **fields)
+
+
+def _bad_outputs(channels: int) -> list[Struct]:
+    """Output transforms every int8 MAC kernel must refuse."""
+    ones = np.ones(channels, np.int32)
+    shifts = np.full(channels, 20, np.int8)
+    offsets = np.zeros(channels, np.int64)
+    bad_shift = np.full(channels, -8, np.int32)
+    bad_shift[-1] = -32
+    return [
+        _tflite_struct(channels, q_mult=None),
+        _tflite_struct(channels, q_shift=None),
+        _tflite_struct(channels, q_shift=bad_shift),
+        _tflite_struct(channels, act_min=10, act_max=9),
+        _tflite_struct(channels, act_max=128),
+        _tflite_struct(channels, out_zero_point=-129),
+        _tflite_struct(channels, kind=OUT_THRESHOLD),
+        _tflite_struct(channels, kind=7),
+        Struct("bnn_output_t", kind=OUT_AFFINE, a_mult=ones, a_shift=shifts, a_offset=None),
+        Struct(
+            "bnn_output_t",
+            kind=OUT_AFFINE,
+            a_mult=ones,
+            a_shift=np.zeros(channels, np.int8),
+            a_offset=offsets,
+        ),  # shift 0
+        Struct(
+            "bnn_output_t",
+            kind=OUT_AFFINE,
+            a_mult=ones,
+            a_shift=np.full(channels, 63, np.int8),
+            a_offset=offsets,
+        ),
+        Struct(
+            "bnn_output_t",
+            kind=OUT_AFFINE,
+            a_mult=ones,
+            a_shift=shifts,
+            a_offset=np.full(channels, 2**62, np.int64),
+        ),
+        Struct("bnn_output_t", kind=OUT_FLOAT, f_scale=None, f_offset=np.zeros(channels)),
+        Struct(
+            "bnn_output_t",
+            kind=OUT_FLOAT,
+            f_scale=np.ones(channels),
+            f_offset=np.ones(channels),
+            float_activation=3,
+        ),
+    ]
+
+
+def _refused(backend: Any, function: str, out: np.ndarray, *args: Any) -> None:
+    before = out.copy()
+    assert backend.call(function, *args) == BNN_ERROR_ARGUMENT, (function, args)
+    assert np.array_equal(out.view(np.uint8), before.view(np.uint8)), f"{function} wrote"
+
+
+def test_conv2d_bad_arguments(backend: Any) -> None:
+    geo = Geo(5, 5, 3, 3, padding="same")
+    x, w = np.zeros((1, 5, 5, 4), np.int8), np.zeros((2, 3, 3, 4), np.int8)
+    out = _sentinel((1, 5, 5, 2), np.int8)
+    good = (
+        _ctx(),
+        geo.params(),
+        _tflite_struct(2),
+        dims(1, 5, 5, 4),
+        x,
+        dims(2, 3, 3, 4),
+        w,
+        dims(1, 5, 5, 2),
+        out,
+    )
+    assert backend.call("bnn_conv2d_s8", *good) == BNN_OK
+    out[...] = SENTINEL
+
+    def bad(**changes: Any) -> None:
+        names = ["ctx", "params", "output", "in_dims", "x", "f_dims", "w", "out_dims", "out"]
+        args = dict(zip(names, good, strict=True))
+        args.update(changes)
+        _refused(backend, "bnn_conv2d_s8", out, *args.values())
+
+    for name in ("params", "output", "in_dims", "x", "f_dims", "w", "out_dims", "out"):
+        bad(**{name: None})
+    bad(in_dims=dims(2, 5, 5, 4))
+    bad(out_dims=dims(0, 5, 5, 2))
+    bad(in_dims=dims(1, 0, 5, 4))
+    bad(in_dims=dims(1, 5, 5, -4))
+    bad(f_dims=dims(2, 3, 3, 3))  # input channels differ
+    bad(f_dims=dims(3, 3, 3, 4))  # output channels differ
+    bad(f_dims=dims(2, 0, 3, 4))
+    bad(out_dims=dims(1, 7, 5, 2))  # the last window would start below the input
+    bad(out_dims=dims(1, 5, 3, 2))  # one column too few
+    p = geo.params()
+    for field, value in [
+        ("stride_h", 0),
+        ("stride_w", -1),
+        ("dilation_h", 0),
+        ("pad_top", -1),
+        ("pad_left", 3),
+        ("input_zero_point", 128),
+        ("input_zero_point", -129),
+    ]:
+        changed = Struct("bnn_conv_params_t", **{**p.fields, field: value})
+        bad(params=changed)
+    for output in _bad_outputs(2):
+        bad(output=output)
+
+
+def test_depthwise_conv2d_bad_arguments(backend: Any) -> None:
+    geo = Geo(4, 4, 3, 3, padding="same")
+    x, w = np.zeros((1, 4, 4, 3), np.int8), np.zeros((1, 3, 3, 6), np.int8)
+    out = _sentinel((1, 4, 4, 6), np.int8)
+    good = (
+        _ctx(),
+        geo.params(depth_multiplier=2),
+        _tflite_struct(6),
+        dims(1, 4, 4, 3),
+        x,
+        dims(1, 3, 3, 6),
+        w,
+        dims(1, 4, 4, 6),
+        out,
+    )
+    assert backend.call("bnn_depthwise_conv2d_s8", *good) == BNN_OK
+    out[...] = SENTINEL
+
+    def bad(**changes: Any) -> None:
+        names = ["ctx", "params", "output", "in_dims", "x", "f_dims", "w", "out_dims", "out"]
+        args = dict(zip(names, good, strict=True))
+        args.update(changes)
+        _refused(backend, "bnn_depthwise_conv2d_s8", out, *args.values())
+
+    for name in ("params", "output", "in_dims", "x", "f_dims", "w", "out_dims", "out"):
+        bad(**{name: None})
+    bad(params=geo.params(depth_multiplier=1))
+    bad(params=geo.params(depth_multiplier=0))
+    bad(params=geo.params(zp_in=200, depth_multiplier=2))
+    bad(f_dims=dims(2, 3, 3, 6))
+    bad(f_dims=dims(1, 3, 3, 5))
+    bad(out_dims=dims(1, 4, 4, 5))
+    bad(out_dims=dims(1, 2, 4, 6))
+    bad(in_dims=dims(1, 4, 4, 0))
+    for output in _bad_outputs(6):
+        bad(output=output)
+
+
+def test_dense_bad_arguments(backend: Any) -> None:
+    x, w = np.zeros(8, np.int8), np.zeros((3, 8), np.int8)
+    out = _sentinel((3,), np.int8)
+    params = Struct("bnn_conv_params_t", input_zero_point=0)
+    good = (_ctx(), params, _tflite_struct(3), 8, x, 3, w, out)
+    assert backend.call("bnn_dense_s8", *good) == BNN_OK
+    out[...] = SENTINEL
+
+    def bad(index: int, value: Any) -> None:
+        args = list(good)
+        args[index] = value
+        _refused(backend, "bnn_dense_s8", out, *args)
+
+    for index in (1, 2, 4, 6, 7):
+        bad(index, None)
+    bad(3, 0)
+    bad(3, -8)
+    bad(5, 0)
+    bad(5, 2**31 - 1)  # K * O beyond int32
+    bad(1, Struct("bnn_conv_params_t", input_zero_point=-129))
+    for output in _bad_outputs(3):
+        bad(2, output)
+
+
+def test_add_bad_arguments(backend: Any) -> None:
+    a, b = np.zeros(5, np.int8), np.zeros(5, np.int8)
+    out = _sentinel((5,), np.int8)
+    fields: dict[str, Any] = {
+        "kind": OUT_TFLITE,
+        "left_shift": 20,
+        "a_mult": 2**30,
+        "a_shift": -1,
+        "b_mult": 2**30,
+        "b_shift": -1,
+        "out_mult": 2**30,
+        "out_shift": -19,
+        "act_min": -128,
+        "act_max": 127,
+    }
+    assert backend.call("bnn_add_s8", Struct("bnn_add_params_t", **fields), 5, a, b, out) == 0
+    out[...] = SENTINEL
+    good = Struct("bnn_add_params_t", **fields)
+    _refused(backend, "bnn_add_s8", out, None, 5, a, b, out)
+    _refused(backend, "bnn_add_s8", out, good, 5, None, b, out)
+    _refused(backend, "bnn_add_s8", out, good, 5, a, None, out)
+    _refused(backend, "bnn_add_s8", out, good, 5, a, b, None)
+    _refused(backend, "bnn_add_s8", out, good, 0, a, b, out)
+    affine = {"kind": OUT_AFFINE, "affine_shift": 10, "act_min": -128, "act_max": 127}
+    for changes in [
+        {"left_shift": 32},
+        {"left_shift": -1},
+        {"a_shift": 32},
+        {"b_shift": -32},
+        {"out_shift": 40},
+        {"a_zero_point": 128},
+        {"out_zero_point": -200},
+        {"act_min": 1, "act_max": 0},
+        {"kind": OUT_FLOAT},
+        {"kind": OUT_THRESHOLD},
+        {**affine, "affine_shift": 0},
+        {**affine, "affine_shift": 63},
+        {**affine, "affine_offset": -(2**62)},
+        {**affine, "b_zero_point": 300},
+    ]:
+        params = Struct("bnn_add_params_t", **{**fields, **changes})
+        _refused(backend, "bnn_add_s8", out, params, 5, a, b, out)
+
+
+def test_pool_bad_arguments(backend: Any) -> None:
+    geo = Geo(4, 4, 2, 2, stride=(2, 2))
+    x = np.zeros((1, 4, 4, 3), np.int8)
+    out = _sentinel((1, 2, 2, 3), np.int8)
+    for function in ("bnn_avgpool_s8", "bnn_maxpool_s8"):
+        good = [geo.params(), 2, 2, -128, 127, dims(1, 4, 4, 3), x, dims(1, 2, 2, 3), out]
+        assert backend.call(function, *good) == BNN_OK
+        out[...] = SENTINEL
+        for index, value in [
+            (0, None),
+            (5, None),
+            (6, None),
+            (7, None),
+            (8, None),
+            (1, 0),
+            (2, -1),
+            (3, -129),
+            (4, 128),
+            (5, dims(1, 4, 4, 2)),
+            (7, dims(1, 3, 2, 3)),
+            (7, dims(1, 1, 2, 3)),
+            (5, dims(2, 4, 4, 3)),
+            (0, Struct("bnn_conv_params_t", stride_h=2, stride_w=0)),
+            (0, Struct("bnn_conv_params_t", stride_h=2, stride_w=2, pad_top=2)),
+        ]:
+            args = list(good)
+            args[index] = value
+            _refused(backend, function, out, *args)
+    big = _sentinel((1, 1, 1, 1), np.int8)
+    # pool 4096 x 1025 > 2**22 taps; refused before any read, so a small buffer stands in for
+    # the input (small enough for an emulated target's memory)
+    x_big = np.zeros(16, np.int8)
+    _refused(
+        backend,
+        "bnn_avgpool_s8",
+        big,
+        Struct("bnn_conv_params_t", stride_h=1, stride_w=1),
+        4096,
+        1025,
+        -128,
+        127,
+        dims(1, 4096, 1025, 1),
+        x_big,
+        dims(1, 1, 1, 1),
+        big,
+    )
+
+
+def test_mean_bad_arguments(backend: Any) -> None:
+    x = np.zeros((1, 2, 2, 3), np.int8)
+    out = _sentinel((3,), np.int8)
+    good = [2**30, -1, 0, 0, dims(1, 2, 2, 3), x, out]
+    assert backend.call("bnn_mean_s8", *good) == BNN_OK
+    out[...] = SENTINEL
+    for index, value in [
+        (0, -1),
+        (1, 32),
+        (1, -32),
+        (2, 128),
+        (3, -129),
+        (4, None),
+        (5, None),
+        (6, None),
+        (4, dims(1, 2, 0, 3)),
+        (4, dims(3, 2, 2, 3)),
+    ]:
+        args = list(good)
+        args[index] = value
+        _refused(backend, "bnn_mean_s8", out, *args)
+
+
+def test_quantize_bad_arguments(backend: Any) -> None:
+    x = np.zeros(4, np.float32)
+    q = np.zeros(4, np.int8)
+    out = _sentinel((4,), np.int8)
+    out_f = _sentinel((4,), np.float32)
+    fn = "bnn_quantize_f32_s8"
+    good = [4, x, F32(0.5), 0, ROUND_HALF_EVEN, -128, 127, out]
+    assert backend.call(fn, *good) == BNN_OK
+    out[...] = SENTINEL
+    for index, value in [
+        (0, 0),
+        (1, None),
+        (7, None),
+        (2, F32(0.0)),
+        (2, F32(-1.0)),
+        (2, F32(float("inf"))),
+        (2, F32(float("nan"))),
+        (3, 128),
+        (4, 2),
+        (5, 128),
+        (6, -129),
+        (5, -129),
+    ]:
+        args = list(good)
+        args[index] = value
+        _refused(backend, fn, out, *args)
+    fn = "bnn_dequantize_s8_f32"
+    for args in [
+        (0, q, F32(1.0), 0, out_f),
+        (4, None, F32(1.0), 0, out_f),
+        (4, q, F32(1.0), 0, None),
+        (4, q, F32(1.0), -129, out_f),
+    ]:
+        _refused(backend, fn, out_f, *args)
+    fn = "bnn_requantize_s8"
+    good_r = [_tflite_struct(1), 0, 4, q, out]
+    assert backend.call(fn, *good_r) == BNN_OK
+    out[...] = SENTINEL
+    float_output = Struct(
+        "bnn_output_t", kind=OUT_FLOAT, f_scale=np.ones(1, np.float32), f_offset=np.zeros(1)
+    )
+    for index, value in [(0, None), (1, 128), (2, 0), (3, None), (4, None), (0, float_output)]:
+        args = list(good_r)
+        args[index] = value
+        _refused(backend, fn, out, *args)
+    for output in _bad_outputs(1):
+        _refused(backend, fn, out, output, 0, 4, q, out)
