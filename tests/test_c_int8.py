@@ -62,14 +62,34 @@ F32_ONE_PLUS = float(np.float32(1 + 2**-23))  # with F32_ONE_MINUS: a Q31 multip
 F32_ONE_MINUS = float(np.float32(1 - 2**-23))  # rounds up to 2**31 (QuantizeMultiplier halves it)
 
 
-@pytest.fixture(scope="module", params=["host"])
+@pytest.fixture(scope="module", params=["host", "m7", "m7-plain"])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The C runtime, built once per module (sanitized when BNN_C_SANITIZE=1)."""
+    """The C runtime, built once per module: on the host (sanitized when BNN_C_SANITIZE=1), and
+    cross-compiled for the Cortex-M7 and run in Unicorn, with its DSP paths (``m7``) and with
+    the plain C paths (``m7-plain``, ``BNN_FORCE_PLAIN_C``)."""
     sanitize = os.environ.get(SANITIZE_ENV) == "1"
     build_dir = tmp_path_factory.mktemp("bnn_c")
+    if request.param != "host":
+        if sanitize:
+            pytest.skip("the sanitizer run covers the host build only")
+        return emulated_runtime(build_dir, plain=request.param == "m7-plain")
     # SRC_DIR among the include dirs: its internal headers (bnn_requant.h) enter the build hash
     library = build_host_library(build_dir, include_dirs=[SRC_DIR], sanitize=sanitize)
     return HostBackend(Path(library))
+
+
+def emulated_runtime(build_dir: Path, plain: bool) -> Any:
+    """Every runtime source cross-compiled for the Cortex-M7, in a Unicorn backend."""
+    import shutil
+
+    from bnncube.runtime_c.build import runtime_sources
+    from bnncube.validation import emulator as em
+
+    if shutil.which(em.ARM_GCC) is None:
+        pytest.skip(f"{em.ARM_GCC} is not installed (`make setup` installs it as root)")
+    defines = ("BNN_FORCE_PLAIN_C",) if plain else ()
+    elf = em.cross_compile(runtime_sources(), [SRC_DIR], build_dir / "runtime.elf", defines=defines)
+    return em.UnicornBackend(elf)
 
 
 # --------------------------------------------------------------------------------------------
