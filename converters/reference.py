@@ -488,6 +488,19 @@ def bitpack_op(ctx: _Ctx) -> np.ndarray:
     return bitpack(x, _scalar_quant(ctx.t(0).quant)[1])
 
 
+def tflite_add_multipliers(
+    s_a: float, s_b: float, s_out: float
+) -> tuple[int, tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """TFLite int8 ADD constants: ``(left_shift, (qa, sa), (qb, sb), (qo, so))`` (see
+    :func:`add`)."""
+    left_shift = 20
+    twice_max = float(np.float32(2) * max(_f32(s_a), _f32(s_b)))
+    a = quantize_multiplier(float(_f32(s_a)) / twice_max)
+    b = quantize_multiplier(float(_f32(s_b)) / twice_max)
+    o = quantize_multiplier(twice_max / float(_f32((1 << left_shift) * _f32(s_out))))
+    return left_shift, a, b, o
+
+
 def add(ctx: _Ctx) -> np.ndarray:
     """Add (TFLite int8 ADD), with numpy broadcasting of a and b.
 
@@ -515,11 +528,7 @@ def add(ctx: _Ctx) -> np.ndarray:
     s_a, zp_a = _scalar_quant(ctx.t(0).quant)
     s_b, zp_b = _scalar_quant(ctx.t(1).quant)
     s_o, zp_o = _scalar_quant(ctx.out.quant)
-    left_shift = 20
-    twice_max = float(np.float32(2) * max(_f32(s_a), _f32(s_b)))
-    qa, sa = quantize_multiplier(float(_f32(s_a)) / twice_max)
-    qb, sb = quantize_multiplier(float(_f32(s_b)) / twice_max)
-    qo, so = quantize_multiplier(twice_max / float(_f32((1 << left_shift) * _f32(s_o))))
+    left_shift, (qa, sa), (qb, sb), (qo, so) = tflite_add_multipliers(s_a, s_b, s_o)
     av = multiply_by_quantized_multiplier((a.astype(np.int64) - zp_a) << left_shift, qa, sa)
     bv = multiply_by_quantized_multiplier((b.astype(np.int64) - zp_b) << left_shift, qb, sb)
     y = multiply_by_quantized_multiplier(_wrap_int32(av + bv), qo, so) + zp_o

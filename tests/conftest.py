@@ -37,3 +37,28 @@ def mnv2_i8_tflite(zoo_dir: Path) -> Path:
     from bnncube.zoo.build import build
 
     return build("mnv2_i8", zoo_dir / "mnv2_i8.tflite", seed=1, calib_count=8, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def m7_runtime(tmp_path_factory: pytest.TempPathFactory):
+    """A function ``(plain: bool) -> UnicornBackend`` of the whole C runtime cross-compiled for
+    the Cortex-M7 (DSP paths, or ``BNN_FORCE_PLAIN_C``); skips when the ARM toolchain is absent."""
+    import shutil
+
+    from bnncube.runtime_c import SRC_DIR
+    from bnncube.runtime_c.build import runtime_sources
+    from bnncube.validation import emulator as em
+
+    built: dict[bool, object] = {}
+
+    def make(plain: bool = False):
+        if shutil.which(em.ARM_GCC) is None:
+            pytest.skip(f"{em.ARM_GCC} is not installed (`make setup` installs it as root)")
+        if plain not in built:
+            out = tmp_path_factory.mktemp("m7_plain" if plain else "m7") / "runtime.elf"
+            defines = ("BNN_FORCE_PLAIN_C",) if plain else ()
+            elf = em.cross_compile(runtime_sources(), [SRC_DIR], out, defines=defines)
+            built[plain] = em.UnicornBackend(elf)
+        return built[plain]
+
+    return make

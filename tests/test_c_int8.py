@@ -63,7 +63,9 @@ F32_ONE_MINUS = float(np.float32(1 - 2**-23))  # rounds up to 2**31 (QuantizeMul
 
 
 @pytest.fixture(scope="module", params=["host", "m7", "m7-plain"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, m7_runtime: Any
+) -> Any:
     """The C runtime, built once per module: on the host (sanitized when BNN_C_SANITIZE=1), and
     cross-compiled for the Cortex-M7 and run in Unicorn, with its DSP paths (``m7``) and with
     the plain C paths (``m7-plain``, ``BNN_FORCE_PLAIN_C``)."""
@@ -72,24 +74,10 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if request.param != "host":
         if sanitize:
             pytest.skip("the sanitizer run covers the host build only")
-        return emulated_runtime(build_dir, plain=request.param == "m7-plain")
+        return m7_runtime(plain=request.param == "m7-plain")
     # SRC_DIR among the include dirs: its internal headers (bnn_requant.h) enter the build hash
     library = build_host_library(build_dir, include_dirs=[SRC_DIR], sanitize=sanitize)
     return HostBackend(Path(library))
-
-
-def emulated_runtime(build_dir: Path, plain: bool) -> Any:
-    """Every runtime source cross-compiled for the Cortex-M7, in a Unicorn backend."""
-    import shutil
-
-    from bnncube.runtime_c.build import runtime_sources
-    from bnncube.validation import emulator as em
-
-    if shutil.which(em.ARM_GCC) is None:
-        pytest.skip(f"{em.ARM_GCC} is not installed (`make setup` installs it as root)")
-    defines = ("BNN_FORCE_PLAIN_C",) if plain else ()
-    elf = em.cross_compile(runtime_sources(), [SRC_DIR], build_dir / "runtime.elf", defines=defines)
-    return em.UnicornBackend(elf)
 
 
 # --------------------------------------------------------------------------------------------

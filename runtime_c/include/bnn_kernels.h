@@ -48,8 +48,10 @@ bnn_status_t bnn_bitpack_s8(int32_t rows, int32_t channels, int32_t zero_point, 
 /* Bitpack float32 values: bit 1 where x < 0 (0.0 and -0.0 give 0). */
 bnn_status_t bnn_bitpack_f32(int32_t rows, int32_t channels, const float *in, uint32_t *out);
 
-/* Binary Conv2D: packed input, packed OHWI filter (filter_dims.c = logical input channels);
- * output int8 (BNN_OUT_AFFINE), float32 (BNN_OUT_FLOAT) or packed bits (BNN_OUT_THRESHOLD). */
+/* Binary Conv2D: packed input [H, W, BNN_WORDS(C)] with in_dims.c = C (logical channels),
+ * packed OHWI filter (filter_dims.c = C); out_dims.c = O (logical) for every output kind:
+ * int8 (BNN_OUT_AFFINE), float32 (BNN_OUT_FLOAT) or packed bits [OH, OW, BNN_WORDS(O)]
+ * (BNN_OUT_THRESHOLD). ctx may be NULL (no scratch). */
 bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *params,
                          const bnn_output_t *output, const bnn_dims_t *in_dims,
                          const uint32_t *in, const bnn_dims_t *filter_dims,

@@ -1,0 +1,559 @@
+/*
+ * bnn_bconv2d: binary Conv2D, packed binary input and filter (converters/reference.py
+ * `binary_conv2d`, converters/binary_reference.py `binary_conv_accumulate`, docs/ir.md).
+ *
+ * Tensors (bit 1 = -1, bit 0 = +1, channel c in word c / 32 at bit c % 32, bits beyond C = 0):
+ *   in      uint32 [H, W, NW]          NW = BNN_WORDS(C); in_dims = [1, H, W, C], C logical
+ *   filter  uint32 [O, KH, KW, NW]     OHWI; filter_dims = [O, KH, KW, C], C logical
+ *   out     out_dims = [1, OH, OW, O], O logical; the element type follows output->kind
+ *
+ * Output (y, x), tap (i, j) reads input row iy = y * stride_h - pad_top + i and column
+ * ix = x * stride_w - pad_left + j. With the packed rows a = in[iy, ix] and w = filter[o, i, j]:
+ *
+ *   tap inside the input:  C - 2 * sum_k popcount(a[k] XOR w[k])
+ *                          (the +1/-1 dot product of the C channels: equal bits give +1,
+ *                          different bits -1; the bits beyond C are 0 in both and never count)
+ *   tap outside the input: pad_value 0 (QKeras zero padding): nothing;
+ *                          pad_value 1 (Larq one padding, a +1 row, all bits 0):
+ *                          C - 2 * sum_k popcount(w[k])
+ *   acc[y, x, o] = the sum over the KH * KW taps, exact in int32 (|acc| <= KH * KW * C < 2^30)
+ *
+ * out[y, x, o] from acc by output->kind:
+ *   BNN_OUT_AFFINE     int8 [OH, OW, O]:
+ *                      clamp(round_half_even((acc * a_mult[o] + a_offset[o]) / 2^a_shift[o]),
+ *                            act_min, act_max)          (int64; bnn_requant.h bnn_affine)
+ *   BNN_OUT_FLOAT      float32 [OH, OW, O]: f32(f32(f32(acc) * f_scale[o]) + f_offset[o]), then
+ *                      float_activation (bnn_requant.h bnn_float_transform)
+ *   BNN_OUT_THRESHOLD  packed uint32 [OH, OW, BNN_WORDS(O)]: bit o = acc < t_threshold[o]
+ *                      (t_direction[o] = 1), acc > t_threshold[o] (-1), t_threshold[o] != 0 (0);
+ *                      the bits beyond O are 0
+ * No alignment is needed for `out` (float and threshold words are stored with memcpy).
+ *
+ * Arguments (anything else: BNN_ERROR_ARGUMENT, nothing written): params, output, the dims and
+ * the data pointers not NULL (ctx is unused and may be NULL: no scratch); in_dims.n =
+ * out_dims.n = 1; filter_dims.c = in_dims.c; out_dims.c = filter_dims.n; dilation 1 in both
+ * axes; stride >= 1; pad_value 0 or 1; 0 <= pad_top < KH, 0 <= pad_left < KW, and OH, OW those
+ * of the geometry for some padding after the input (bnn_window_ok: every window has a tap
+ * inside the input); KH * KW * C < 2^30; output->kind AFFINE (a_mult, a_shift in 1..62,
+ * |a_offset| < 2^62, -128 <= act_min <= act_max <= 127), FLOAT (f_scale, f_offset, activation
+ * NONE / RELU / RELU6) or THRESHOLD (t_threshold, t_direction in {-1, 0, 1}); BNN_OUT_TFLITE is
+ * refused. `out` must not overlap `in` or `filter`.
+ *
+ * Plain C path: per output pixel and channel, every tap is checked against the input bounds
+ * and each word is counted with the SWAR popcount (multiply by 0x01010101).
+ *
+ * Cortex-M7 path (__ARM_FEATURE_DSP, unless BNN_FORCE_PLAIN_C; the M7 has no popcount
+ * instruction). Per output pixel, the taps inside the input form one rectangle
+ * [i_lo, i_hi) x [j_lo, j_hi) of the kernel (computed once: no per-tap bounds checks).
+ *  - Gathered window (interior pixels, and every pixel with one padding, when KH * KW * NW <=
+ *    BNN_BCONV2D_WINDOW_WORDS): the window is copied once into a stack buffer in the filter's
+ *    OHWI order, padded taps as all-zero words (the +1 rows of one padding; an interior pixel
+ *    has none). Every output channel is then one flat run of KH * KW * NW words against its
+ *    contiguous filter, with acc = KH * KW * C - 2 * popcount; output channels go two at a
+ *    time (one load of the window word for both filters).
+ *  - Rectangle (border pixels with zero padding, or a window larger than the buffer): in
+ *    NHWC / OHWI the words of a rectangle row are contiguous in both the input and the filter,
+ *    so each kernel row is one run of (j_hi - j_lo) * NW words; acc = (taps inside) * C -
+ *    2 * popcount; with one padding the filter words of the padded taps add their popcount
+ *    (popcount(0 ^ w) = popcount(w)).
+ *  - popcount of a run: the SWAR steps give per-byte counts (each byte 0..8), added bytewise
+ *    over up to 31 words (at most 248 per byte: no carry between bytes), then summed into the
+ *    total by one USADA8 (sum of the four bytes).
+ *  - C <= 16 (NW = 1) and KH * KW <= 31, gathered window: each window word is stored as
+ *    x | x << 16 and two filters as w1 | w2 << 16, so one XOR gives (x ^ w1) in the low and
+ *    (x ^ w2) in the high halfword; the bytewise counts of all taps accumulate in one register
+ *    and bytes 0 + 1 count channel o, bytes 2 + 3 channel o + 1. This relies on the contract
+ *    that the bits beyond C are 0 (as bnn_bitpack and BNN_OUT_THRESHOLD write them and as the
+ *    filters are packed).
+ * Every path adds the same per-word popcounts in a different order, so the results are
+ * bit-exact with the plain path and the reference. BNN_TEST_M7_PATH compiles the M7 path on
+ * any machine with portable C standing in for USADA8 (the tests run it on the host).
+ * Stack: the window buffer (4 * BNN_BCONV2D_WINDOW_WORDS bytes) and 32 accumulators.
+ */
+#include <string.h>
+
+#include "bnn_kernels.h"
+#include "bnn_requant.h"
+
+#if !defined(BNN_FORCE_PLAIN_C) && (defined(__ARM_FEATURE_DSP) || defined(BNN_TEST_M7_PATH))
+#define BNN_BCONV2D_FAST 1
+#else
+#define BNN_BCONV2D_FAST 0
+#endif
+
+#if BNN_BCONV2D_FAST && !defined(BNN_FORCE_PLAIN_C) && defined(__ARM_FEATURE_DSP)
+#define BNN_BCONV2D_DSP 1
+#include <arm_acle.h>
+#else
+#define BNN_BCONV2D_DSP 0
+#endif
+
+#define BNN_BCONV2D_BLOCK 32            /* output channels per block (one threshold word) */
+#define BNN_BCONV2D_ACC_LIMIT ((int64_t)1 << 30) /* KH * KW * C stays below */
+#define BNN_BCONV2D_BYTE_RUN 31          /* words whose byte counts fit one byte (31 * 8) */
+#define BNN_BCONV2D_WINDOW_WORDS 72      /* M7 path: largest window copied to the stack */
+
+typedef struct {
+    int32_t h, w, c, nw;      /* input rows, columns, logical channels, words per pixel */
+    int32_t o, kh, kw;        /* output channels, kernel rows and columns */
+    int32_t oh, ow;           /* output rows and columns */
+    int32_t sh, sw, pt, pl;   /* strides, padding before the input */
+    int32_t pad_value;        /* 0 or 1 */
+    int32_t taps;             /* kh * kw */
+    int32_t k_all;            /* kh * kw * c */
+    int32_t filter_words;     /* kh * kw * nw: one output channel's filter */
+    int32_t out_words;        /* BNN_WORDS(o) */
+} bnn_bconv2d_geom_t;
+
+static int32_t bnn_bconv2d_words(int32_t channels)
+{
+    return (int32_t)(((uint32_t)channels + 31u) / 32u);
+}
+
+/* acc = counted - 2 * differing, where counted = (taps that count) * C: the +1/-1 sum over
+ * `counted` bit pairs of which `differing` differ. Exact while the bits beyond C are 0
+ * (|acc| <= KH * KW * C < 2^30); computed modulo 2^32 so that no input can overflow. */
+static int32_t bnn_bconv2d_acc(int32_t counted, uint32_t differing)
+{
+    return bnn_s32_from_u32((uint32_t)counted - 2u * differing);
+}
+
+/* ---- argument checks -------------------------------------------------------------------- */
+
+static bnn_status_t bnn_bconv2d_check_output(const bnn_output_t *output, int32_t channels)
+{
+    int32_t o;
+    switch ((int)output->kind) {
+    case BNN_OUT_AFFINE:
+    case BNN_OUT_FLOAT:
+        return bnn_output_check(output, channels);
+    case BNN_OUT_THRESHOLD:
+        if (output->t_threshold == NULL || output->t_direction == NULL) {
+            return BNN_ERROR_ARGUMENT;
+        }
+        for (o = 0; o < channels; ++o) {
+            int8_t d = output->t_direction[o];
+            if (d != -1 && d != 0 && d != 1) {
+                return BNN_ERROR_ARGUMENT;
+            }
+        }
+        return BNN_OK;
+    default:
+        return BNN_ERROR_ARGUMENT;
+    }
+}
+
+static bnn_status_t bnn_bconv2d_check(const bnn_conv_params_t *params, const bnn_output_t *output,
+                                      const bnn_dims_t *in_dims, const uint32_t *in,
+                                      const bnn_dims_t *filter_dims, const uint32_t *filter,
+                                      const bnn_dims_t *out_dims, const void *out,
+                                      bnn_bconv2d_geom_t *g)
+{
+    int64_t taps;
+    int64_t filter_total;
+    if (params == NULL || output == NULL || in == NULL || filter_dims == NULL ||
+        filter == NULL || out == NULL || !bnn_dims_ok(in_dims) || !bnn_dims_ok(out_dims)) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    /* (the output channel blocks o0 + 32 stay within int32) */
+    if (filter_dims->n <= 0 || filter_dims->n > INT32_MAX - BNN_BCONV2D_BLOCK ||
+        filter_dims->h <= 0 || filter_dims->w <= 0 ||
+        filter_dims->c != in_dims->c || out_dims->c != filter_dims->n) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    if (params->dilation_h != 1 || params->dilation_w != 1 ||
+        (params->pad_value != 0 && params->pad_value != 1)) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    if (!bnn_window_ok(in_dims->h, out_dims->h, filter_dims->h, params->stride_h, 1,
+                       params->pad_top) ||
+        !bnn_window_ok(in_dims->w, out_dims->w, filter_dims->w, params->stride_w, 1,
+                       params->pad_left)) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    /* the tap positions iy0 + i < H + KH (and likewise columns) stay within int32 */
+    if ((int64_t)in_dims->h + filter_dims->h > INT32_MAX ||
+        (int64_t)in_dims->w + filter_dims->w > INT32_MAX) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    taps = (int64_t)filter_dims->h * filter_dims->w;
+    if (taps >= BNN_BCONV2D_ACC_LIMIT || taps * in_dims->c >= BNN_BCONV2D_ACC_LIMIT) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    g->nw = bnn_bconv2d_words(in_dims->c);
+    filter_total = (int64_t)filter_dims->n * (taps * g->nw); /* < 2^31 * 2^30 */
+    if (filter_total > INT32_MAX) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    if (bnn_bconv2d_check_output(output, filter_dims->n) != BNN_OK) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    g->h = in_dims->h;
+    g->w = in_dims->w;
+    g->c = in_dims->c;
+    g->o = filter_dims->n;
+    g->kh = filter_dims->h;
+    g->kw = filter_dims->w;
+    g->oh = out_dims->h;
+    g->ow = out_dims->w;
+    g->sh = params->stride_h;
+    g->sw = params->stride_w;
+    g->pt = params->pad_top;
+    g->pl = params->pad_left;
+    g->pad_value = params->pad_value;
+    g->taps = (int32_t)taps;
+    g->k_all = (int32_t)(taps * in_dims->c);
+    g->filter_words = (int32_t)(taps * g->nw);
+    g->out_words = bnn_bconv2d_words(g->o);
+    return BNN_OK;
+}
+
+/* ---- output ----------------------------------------------------------------------------- */
+
+/* Output channels o0 .. o0 + n - 1 (n <= 32, o0 a multiple of 32) of output pixel `pixel`. */
+static void bnn_bconv2d_emit(const bnn_bconv2d_geom_t *g, const bnn_output_t *output,
+                             int32_t pixel, int32_t o0, int32_t n, const int32_t *acc, void *out)
+{
+    int32_t k;
+    if (output->kind == BNN_OUT_THRESHOLD) {
+        uint32_t bits = 0;
+        size_t index = (size_t)pixel * (size_t)g->out_words + (size_t)(o0 / 32);
+        for (k = 0; k < n; ++k) {
+            int32_t t = output->t_threshold[o0 + k];
+            int8_t d = output->t_direction[o0 + k];
+            int set = d > 0 ? acc[k] < t : (d < 0 ? acc[k] > t : t != 0);
+            bits |= (uint32_t)set << k;
+        }
+        memcpy((unsigned char *)out + index * sizeof(uint32_t), &bits, sizeof(uint32_t));
+        return;
+    }
+    if (output->kind == BNN_OUT_AFFINE) {
+        int8_t *dst = (int8_t *)out + (size_t)pixel * (size_t)g->o + (size_t)o0;
+        for (k = 0; k < n; ++k) {
+            dst[k] = (int8_t)bnn_affine(acc[k], output->a_mult[o0 + k], output->a_offset[o0 + k],
+                                        output->a_shift[o0 + k], output->act_min,
+                                        output->act_max);
+        }
+        return;
+    }
+    for (k = 0; k < n; ++k) {
+        bnn_output_store(output, o0 + k, acc[k], out, pixel * g->o + o0 + k);
+    }
+}
+
+/* ---- plain C path ----------------------------------------------------------------------- */
+
+#if !BNN_BCONV2D_FAST
+static uint32_t bnn_bconv2d_popcount(uint32_t v)
+{
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+    return (v * 0x01010101u) >> 24;
+}
+
+/* acc of the output channel whose filter is f, for the window at input (iy0, ix0). */
+static int32_t bnn_bconv2d_acc_plain(const bnn_bconv2d_geom_t *g, const uint32_t *in,
+                                     const uint32_t *f, int32_t iy0, int32_t ix0)
+{
+    uint32_t diff = 0;  /* bits that differ: <= KH * KW * C < 2^30 */
+    int32_t counted = 0; /* taps that count: the inside ones, and the padded ones if one padding */
+    int32_t i;
+    int32_t j;
+    int32_t k;
+    for (i = 0; i < g->kh; ++i) {
+        int32_t iy = iy0 + i;
+        for (j = 0; j < g->kw; ++j) {
+            int32_t ix = ix0 + j;
+            const uint32_t *w = f + ((size_t)i * (size_t)g->kw + (size_t)j) * (size_t)g->nw;
+            if (iy >= 0 && iy < g->h && ix >= 0 && ix < g->w) {
+                const uint32_t *a =
+                    in + ((size_t)iy * (size_t)g->w + (size_t)ix) * (size_t)g->nw;
+                for (k = 0; k < g->nw; ++k) {
+                    diff += bnn_bconv2d_popcount(a[k] ^ w[k]);
+                }
+                ++counted;
+            } else if (g->pad_value == 1) {
+                for (k = 0; k < g->nw; ++k) {
+                    diff += bnn_bconv2d_popcount(w[k]); /* the padded row is all 0 bits */
+                }
+                ++counted;
+            }
+        }
+    }
+    return bnn_bconv2d_acc(counted * g->c, diff);
+}
+
+static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
+                              const uint32_t *filter, int32_t y, int32_t x, int32_t o0, int32_t n,
+                              int32_t *acc)
+{
+    int32_t iy0 = y * g->sh - g->pt;
+    int32_t ix0 = x * g->sw - g->pl;
+    int32_t k;
+    for (k = 0; k < n; ++k) {
+        acc[k] = bnn_bconv2d_acc_plain(g, in, filter + (size_t)(o0 + k) * (size_t)g->filter_words,
+                                       iy0, ix0);
+    }
+}
+#endif /* !BNN_BCONV2D_FAST */
+
+/* ---- Cortex-M7 path --------------------------------------------------------------------- */
+
+#if BNN_BCONV2D_FAST
+/* The popcount of each byte of v, in that byte (0..8). */
+static inline uint32_t bnn_bconv2d_byte_counts(uint32_t v)
+{
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    return (v + (v >> 4)) & 0x0F0F0F0Fu;
+}
+
+/* total + the sum of the four bytes of `bytes` (USADA8 with a zero second operand). */
+static inline uint32_t bnn_bconv2d_sum_bytes(uint32_t bytes, uint32_t total)
+{
+#if BNN_BCONV2D_DSP
+    return __usada8(bytes, 0u, total);
+#else
+    return total + (bytes & 0xFFu) + ((bytes >> 8) & 0xFFu) + ((bytes >> 16) & 0xFFu) +
+           (bytes >> 24);
+#endif
+}
+
+/* total + sum_{k < n} popcount(a[k] ^ b[k]) */
+static uint32_t bnn_bconv2d_xor_run(const uint32_t *a, const uint32_t *b, int32_t n,
+                                    uint32_t total)
+{
+    while (n > 0) {
+        int32_t m = n < BNN_BCONV2D_BYTE_RUN ? n : BNN_BCONV2D_BYTE_RUN;
+        uint32_t bytes = 0;
+        n -= m;
+        for (; m > 0; --m) {
+            bytes += bnn_bconv2d_byte_counts(*a++ ^ *b++);
+        }
+        total = bnn_bconv2d_sum_bytes(bytes, total);
+    }
+    return total;
+}
+
+/* The same for two filters against one run of input words: *t1 and *t2 get
+ * sum_{k < n} popcount(a[k] ^ b1[k]) and popcount(a[k] ^ b2[k]). */
+static void bnn_bconv2d_xor_run2(const uint32_t *a, const uint32_t *b1, const uint32_t *b2,
+                                 int32_t n, uint32_t *t1, uint32_t *t2)
+{
+    uint32_t total1 = 0;
+    uint32_t total2 = 0;
+    while (n > 0) {
+        int32_t m = n < BNN_BCONV2D_BYTE_RUN ? n : BNN_BCONV2D_BYTE_RUN;
+        uint32_t bytes1 = 0;
+        uint32_t bytes2 = 0;
+        n -= m;
+        for (; m > 0; --m) {
+            uint32_t x = *a++;
+            bytes1 += bnn_bconv2d_byte_counts(x ^ *b1++);
+            bytes2 += bnn_bconv2d_byte_counts(x ^ *b2++);
+        }
+        total1 = bnn_bconv2d_sum_bytes(bytes1, total1);
+        total2 = bnn_bconv2d_sum_bytes(bytes2, total2);
+    }
+    *t1 = total1;
+    *t2 = total2;
+}
+
+/* total + sum_{k < n} popcount(b[k]) */
+static uint32_t bnn_bconv2d_pop_run(const uint32_t *b, int32_t n, uint32_t total)
+{
+    while (n > 0) {
+        int32_t m = n < BNN_BCONV2D_BYTE_RUN ? n : BNN_BCONV2D_BYTE_RUN;
+        uint32_t bytes = 0;
+        n -= m;
+        for (; m > 0; --m) {
+            bytes += bnn_bconv2d_byte_counts(*b++);
+        }
+        total = bnn_bconv2d_sum_bytes(bytes, total);
+    }
+    return total;
+}
+
+/* The taps of one output pixel that lie inside the input: rows [i_lo, i_hi) of the kernel,
+ * columns [j_lo, j_hi) (never empty: bnn_window_ok), and the input word of tap (i_lo, j_lo). */
+typedef struct {
+    int32_t i_lo, i_hi, j_lo, j_hi;
+    int full; /* the whole kernel */
+    const uint32_t *x0;
+} bnn_bconv2d_window_t;
+
+/* Rectangle form, one output channel (filter f), any pad_value: one run of
+ * (j_hi - j_lo) * NW words per kernel row inside the input; with one padding, the filter words
+ * of the padded taps are counted against all-zero input words (popcount(0 ^ w) = popcount(w)). */
+static int32_t bnn_bconv2d_acc_rect(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_window_t *win,
+                                    const uint32_t *f)
+{
+    int32_t row_words = g->kw * g->nw; /* one kernel row of the filter */
+    int32_t run = (win->j_hi - win->j_lo) * g->nw;
+    size_t in_row = (size_t)g->w * (size_t)g->nw; /* one input row */
+    uint32_t total = 0;
+    int32_t i;
+    for (i = win->i_lo; i < win->i_hi; ++i) {
+        total = bnn_bconv2d_xor_run(
+            win->x0 + (size_t)(i - win->i_lo) * in_row,
+            f + (size_t)i * (size_t)row_words + (size_t)win->j_lo * (size_t)g->nw, run, total);
+    }
+    if (g->pad_value == 0) {
+        return bnn_bconv2d_acc((win->i_hi - win->i_lo) * (win->j_hi - win->j_lo) * g->c, total);
+    }
+    if (!win->full) {
+        for (i = 0; i < g->kh; ++i) {
+            const uint32_t *w = f + (size_t)i * (size_t)row_words;
+            if (i < win->i_lo || i >= win->i_hi) {
+                total = bnn_bconv2d_pop_run(w, row_words, total);
+            } else {
+                total = bnn_bconv2d_pop_run(w, win->j_lo * g->nw, total);
+                total = bnn_bconv2d_pop_run(w + (size_t)win->j_hi * (size_t)g->nw,
+                                            (g->kw - win->j_hi) * g->nw, total);
+            }
+        }
+    }
+    return bnn_bconv2d_acc(g->k_all, total);
+}
+
+/* Copies the KH x KW window of the pixel into buf in the filter's order (tap (i, j) at
+ * (i * KW + j) * NW); taps outside the input become all-zero words, the +1 rows of one
+ * padding. With `dup` (NW = 1, C <= 16: the words are below 2^16) each word is x | x << 16. */
+static void bnn_bconv2d_gather(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_window_t *win,
+                               int dup, uint32_t *buf)
+{
+    size_t in_row = (size_t)g->w * (size_t)g->nw;
+    int32_t row_words = g->kw * g->nw;
+    int32_t i;
+    int32_t k;
+    for (i = 0; i < g->kh; ++i) {
+        uint32_t *dst = buf + (size_t)i * (size_t)row_words;
+        if (i < win->i_lo || i >= win->i_hi) {
+            for (k = 0; k < row_words; ++k) {
+                dst[k] = 0;
+            }
+        } else {
+            const uint32_t *src = win->x0 + (size_t)(i - win->i_lo) * in_row;
+            int32_t lo = win->j_lo * g->nw;
+            int32_t hi = win->j_hi * g->nw;
+            for (k = 0; k < lo; ++k) {
+                dst[k] = 0;
+            }
+            for (k = lo; k < hi; ++k) {
+                dst[k] = src[k - lo];
+            }
+            for (k = hi; k < row_words; ++k) {
+                dst[k] = 0;
+            }
+        }
+    }
+    if (dup) {
+        for (k = 0; k < g->taps; ++k) {
+            buf[k] |= buf[k] << 16;
+        }
+    }
+}
+
+/* Gathered form: the window in buf (bnn_bconv2d_gather), every tap counted (an interior
+ * pixel, or one padding); the filter of a channel is the same run of KH * KW * NW words. */
+static void bnn_bconv2d_accs_gathered(const bnn_bconv2d_geom_t *g, const uint32_t *buf, int pair16,
+                                      const uint32_t *f, int32_t n, int32_t *acc)
+{
+    int32_t len = g->filter_words;
+    int32_t k = 0;
+    if (pair16) {
+        /* two channels per word: buf holds x | x << 16, the filter words are below 2^16, so
+         * x ^ (w1 | w2 << 16) = (x ^ w1) | (x ^ w2) << 16 */
+        for (; k + 2 <= n; k += 2) {
+            const uint32_t *w1 = f + (size_t)k * (size_t)len;
+            const uint32_t *w2 = w1 + len;
+            uint32_t bytes = 0; /* bytes 0, 1: channel k; 2, 3: channel k + 1; <= 31 * 8 */
+            int32_t t;
+            for (t = 0; t < len; ++t) {
+                bytes += bnn_bconv2d_byte_counts(buf[t] ^ (w1[t] | (w2[t] << 16)));
+            }
+            acc[k] = bnn_bconv2d_acc(g->k_all, bnn_bconv2d_sum_bytes(bytes & 0xFFFFu, 0u));
+            acc[k + 1] = bnn_bconv2d_acc(g->k_all, bnn_bconv2d_sum_bytes(bytes >> 16, 0u));
+        }
+        if (k < n) {
+            const uint32_t *w1 = f + (size_t)k * (size_t)len;
+            uint32_t bytes = 0;
+            int32_t t;
+            for (t = 0; t < len; ++t) {
+                bytes += bnn_bconv2d_byte_counts((buf[t] ^ w1[t]) & 0xFFFFu);
+            }
+            acc[k] = bnn_bconv2d_acc(g->k_all, bnn_bconv2d_sum_bytes(bytes, 0u));
+        }
+        return;
+    }
+    for (; k + 2 <= n; k += 2) {
+        uint32_t t1;
+        uint32_t t2;
+        const uint32_t *w1 = f + (size_t)k * (size_t)len;
+        bnn_bconv2d_xor_run2(buf, w1, w1 + len, len, &t1, &t2);
+        acc[k] = bnn_bconv2d_acc(g->k_all, t1);
+        acc[k + 1] = bnn_bconv2d_acc(g->k_all, t2);
+    }
+    if (k < n) {
+        acc[k] = bnn_bconv2d_acc(
+            g->k_all, bnn_bconv2d_xor_run(buf, f + (size_t)k * (size_t)len, len, 0u));
+    }
+}
+
+static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
+                              const uint32_t *filter, int32_t y, int32_t x, int32_t o0, int32_t n,
+                              int32_t *acc)
+{
+    bnn_bconv2d_window_t win;
+    uint32_t buf[BNN_BCONV2D_WINDOW_WORDS];
+    int32_t iy0 = y * g->sh - g->pt;
+    int32_t ix0 = x * g->sw - g->pl;
+    const uint32_t *f = filter + (size_t)o0 * (size_t)g->filter_words;
+    int32_t k;
+    bnn_valid_taps(iy0, g->h, g->kh, 1, &win.i_lo, &win.i_hi);
+    bnn_valid_taps(ix0, g->w, g->kw, 1, &win.j_lo, &win.j_hi);
+    win.full = win.i_lo == 0 && win.i_hi == g->kh && win.j_lo == 0 && win.j_hi == g->kw;
+    win.x0 = in + ((size_t)(iy0 + win.i_lo) * (size_t)g->w + (size_t)(ix0 + win.j_lo)) *
+                      (size_t)g->nw;
+    if ((win.full || g->pad_value == 1) && g->filter_words <= BNN_BCONV2D_WINDOW_WORDS) {
+        int pair16 = g->nw == 1 && g->c <= 16 && g->taps <= BNN_BCONV2D_BYTE_RUN;
+        bnn_bconv2d_gather(g, &win, pair16, buf);
+        bnn_bconv2d_accs_gathered(g, buf, pair16, f, n, acc);
+        return;
+    }
+    for (k = 0; k < n; ++k) {
+        acc[k] = bnn_bconv2d_acc_rect(g, &win, f + (size_t)k * (size_t)g->filter_words);
+    }
+}
+#endif /* BNN_BCONV2D_FAST */
+
+/* ---- entry point ------------------------------------------------------------------------ */
+
+bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                         const bnn_output_t *output, const bnn_dims_t *in_dims,
+                         const uint32_t *in, const bnn_dims_t *filter_dims,
+                         const uint32_t *filter, const bnn_dims_t *out_dims, void *out)
+{
+    bnn_bconv2d_geom_t g;
+    int32_t acc[BNN_BCONV2D_BLOCK];
+    int32_t y;
+    int32_t x;
+    int32_t o0;
+    (void)ctx;
+    if (bnn_bconv2d_check(params, output, in_dims, in, filter_dims, filter, out_dims, out, &g) !=
+        BNN_OK) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    for (y = 0; y < g.oh; ++y) {
+        for (x = 0; x < g.ow; ++x) {
+            int32_t pixel = y * g.ow + x;
+            for (o0 = 0; o0 < g.o; o0 += BNN_BCONV2D_BLOCK) {
+                int32_t n = g.o - o0 < BNN_BCONV2D_BLOCK ? g.o - o0 : BNN_BCONV2D_BLOCK;
+                bnn_bconv2d_pixel(&g, in, filter, y, x, o0, n, acc);
+                bnn_bconv2d_emit(&g, output, pixel, o0, n, acc, out);
+            }
+        }
+    }
+    return BNN_OK;
+}

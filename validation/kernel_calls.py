@@ -1,0 +1,375 @@
+"""Run a deployed IR graph op by op through the C runtime kernels (host or emulated Cortex-M7).
+
+:func:`kernel_call` maps one IR op and the values of its inputs to the C call that computes it
+(function name and arguments in the :mod:`bnncube.runtime_c.cabi` convention) and the output
+buffer; :func:`run_graph_c` runs a whole graph that way on a backend (``HostBackend`` or the
+emulator's ``UnicornBackend``) and returns every value, plus the instructions each op executed
+when the backend counts them. The results must equal :func:`bnncube.converters.reference.run_graph`
+bit for bit: this is the whole-network check of the kernels, before any code is generated.
+
+The constants the kernels take are derived here exactly as the reference derives them (TFLite
+multipliers from the tensor scales; the explicit constants of the QKeras transforms as stored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bnncube.converters.binary_reference import pack_filters
+from bnncube.converters.ir import Graph, Op, Tensor, transform_of
+from bnncube.converters.reference import (
+    activation_range,
+    packed_shape,
+    quantize_multiplier,
+    tflite_add_multipliers,
+    tflite_channel_multipliers,
+)
+from bnncube.runtime_c.cabi import (
+    ACT_NONE,
+    ACT_RELU,
+    ACT_RELU6,
+    F32,
+    OUT_AFFINE,
+    OUT_FLOAT,
+    OUT_TFLITE,
+    OUT_THRESHOLD,
+    ROUND_HALF_AWAY,
+    ROUND_HALF_EVEN,
+    Struct,
+    dims,
+)
+
+_ACTIVATION = {"none": ACT_NONE, "linear": ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6}
+_NP = {"int8": np.int8, "uint8": np.uint8, "int32": np.int32, "float32": np.float32}
+
+
+class UnsupportedOp(ValueError):
+    """An IR op the C runtime has no kernel for."""
+
+
+@dataclass
+class KernelCall:
+    """One C call: ``function(*args)``, writing ``output`` (an array among ``args``)."""
+
+    function: str
+    args: list[Any]
+    output: np.ndarray | None  # None: the op only moves data (Reshape)
+    macs: int = 0
+
+
+def _quant(t: Tensor) -> tuple[float, int]:
+    if t.quant is None:
+        raise UnsupportedOp(f"tensor {t.name!r} has no quantization")
+    return float(t.quant.scale.reshape(-1)[0]), int(t.quant.zero_point.reshape(-1)[0])
+
+
+def _dims4(shape: tuple[int, ...]) -> Struct:
+    if len(shape) != 4:
+        raise UnsupportedOp(f"expected an NHWC shape, got {shape}")
+    return dims(*shape)
+
+
+def _const(graph: Graph, op: Op, i: int) -> np.ndarray:
+    return np.ascontiguousarray(graph.tensors[op.inputs[i]].data)
+
+
+def _out_buffer(t: Tensor) -> np.ndarray:
+    if t.dtype == "binary":
+        return np.zeros(packed_shape(t), np.uint32)
+    return np.zeros(t.shape, _NP[t.dtype])
+
+
+def output_struct(graph: Graph, op: Op) -> Struct:
+    """The ``bnn_output_t`` of a MAC op."""
+    transform = transform_of(op)
+    out = graph.tensors[op.outputs[0]]
+    act = op.attrs.get("activation", "none")
+    if transform == "tflite":
+        x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
+        s_in, _ = _quant(x)
+        s_out, zp_out = _quant(out)
+        channels = out.shape[-1]
+        per_tensor = op.type == "Dense" and not w.quant.is_per_channel
+        mult, shift = tflite_channel_multipliers(s_in, w.quant.scale, s_out, channels, per_tensor)
+        lo, hi = activation_range(act, out.quant, out.dtype)
+        bias = _const(graph, op, 2).astype(np.int32).reshape(-1) if len(op.inputs) > 2 else None
+        return Struct(
+            "bnn_output_t",
+            kind=OUT_TFLITE,
+            bias=bias,
+            q_mult=mult.astype(np.int32),
+            q_shift=shift.astype(np.int32),
+            out_zero_point=zp_out,
+            act_min=lo,
+            act_max=hi,
+        )
+    if transform == "affine":
+        lo, hi = op.attrs["clamp"]
+        return Struct(
+            "bnn_output_t",
+            kind=OUT_AFFINE,
+            a_mult=_const(graph, op, 2).reshape(-1),
+            a_shift=_const(graph, op, 3).reshape(-1),
+            a_offset=_const(graph, op, 4).reshape(-1),
+            act_min=lo,
+            act_max=hi,
+        )
+    if transform == "float":
+        return Struct(
+            "bnn_output_t",
+            kind=OUT_FLOAT,
+            f_scale=_const(graph, op, 2).reshape(-1),
+            f_offset=_const(graph, op, 3).reshape(-1),
+            float_activation=_ACTIVATION[act],
+        )
+    if transform == "threshold":
+        return Struct(
+            "bnn_output_t",
+            kind=OUT_THRESHOLD,
+            t_threshold=_const(graph, op, 2).reshape(-1),
+            t_direction=_const(graph, op, 3).reshape(-1),
+        )
+    raise UnsupportedOp(f"op {op.name!r}: output transform {transform!r}")
+
+
+def _conv_params(op: Op, zero_point: int = 0) -> Struct:
+    a = op.attrs
+    sh, sw = a.get("strides", (1, 1))
+    dh, dw = a.get("dilations", (1, 1))
+    pads = a.get("pads", (0, 0, 0, 0))
+    return Struct(
+        "bnn_conv_params_t",
+        stride_h=int(sh),
+        stride_w=int(sw),
+        dilation_h=int(dh),
+        dilation_w=int(dw),
+        pad_top=int(pads[0]),
+        pad_left=int(pads[2]),
+        pad_value=int(a.get("pad_value", 0)),
+        depth_multiplier=int(a.get("depth_multiplier", 1)),
+        input_zero_point=zero_point,
+    )
+
+
+def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCall:
+    """The C call computing ``op`` from ``values`` (the IR representation of its inputs)."""
+    from bnncube.converters.figures import op_macc
+
+    x_t = graph.tensors[op.inputs[0]]
+    out_t = graph.tensors[op.outputs[0]]
+    out = _out_buffer(out_t)
+    x = values.get(op.inputs[0])
+    if x is None:
+        x = np.asarray(x_t.data)
+    x = np.ascontiguousarray(x)
+    macs = op_macc(graph, op)
+    ctx = Struct("bnn_context_t")
+    if op.type in ("Conv2D", "DepthwiseConv2D"):
+        if x_t.dtype not in ("int8", "uint8"):
+            raise UnsupportedOp(f"op {op.name!r}: {op.type} on {x_t.dtype} input")
+        _, zp = _quant(x_t)
+        w_t = graph.tensors[op.inputs[1]]
+        fn = "bnn_conv2d_s8" if op.type == "Conv2D" else "bnn_depthwise_conv2d_s8"
+        args = [
+            ctx,
+            _conv_params(op, zp),
+            output_struct(graph, op),
+            _dims4(x_t.shape),
+            x,
+            _dims4(w_t.shape),
+            _const(graph, op, 1).astype(np.int8),
+            _dims4(out_t.shape),
+            out,
+        ]
+        return KernelCall(fn, args, out, macs)
+    if op.type == "Dense":
+        _, zp = _quant(x_t)
+        w = _const(graph, op, 1).astype(np.int8)
+        args = [
+            ctx,
+            _conv_params(op, zp),
+            output_struct(graph, op),
+            int(w.shape[1]),
+            x.reshape(-1),
+            int(w.shape[0]),
+            w,
+            out,
+        ]
+        return KernelCall("bnn_dense_s8", args, out, macs)
+    if op.type == "BinaryConv2D":
+        w_t = graph.tensors[op.inputs[1]]
+        filters = pack_filters(_const(graph, op, 1))
+        args = [
+            ctx,
+            _conv_params(op),
+            output_struct(graph, op),
+            _dims4(x_t.shape),
+            x.astype(np.uint32),
+            _dims4(w_t.shape),
+            filters,
+            _dims4(out_t.shape),
+            out,
+        ]
+        return KernelCall("bnn_bconv2d", args, out, macs)
+    if op.type == "Bitpack":
+        rows = int(np.prod(x_t.shape[:-1]))
+        channels = int(x_t.shape[-1])
+        if x_t.dtype == "float32":
+            return KernelCall("bnn_bitpack_f32", [rows, channels, x, out], out, macs)
+        _, zp = _quant(x_t)
+        return KernelCall("bnn_bitpack_s8", [rows, channels, zp, x, out], out, macs)
+    if op.type == "Add":
+        return KernelCall("bnn_add_s8", _add_args(graph, op, values, out), out, macs)
+    if op.type in ("AveragePool2D", "MaxPool2D"):
+        lo, hi = activation_range(op.attrs.get("activation", "none"), out_t.quant, out_t.dtype)
+        kh, kw = op.attrs["pool"]
+        fn = "bnn_avgpool_s8" if op.type == "AveragePool2D" else "bnn_maxpool_s8"
+        args = [
+            _conv_params(op),
+            int(kh),
+            int(kw),
+            lo,
+            hi,
+            _dims4(x_t.shape),
+            x,
+            _dims4(out_t.shape),
+            out,
+        ]
+        return KernelCall(fn, args, out, macs)
+    if op.type == "Mean":
+        if tuple(op.attrs.get("axes", (1, 2))) != (1, 2):
+            raise UnsupportedOp(f"op {op.name!r}: Mean over axes other than (1, 2)")
+        s_in, zp_in = _quant(x_t)
+        s_out, zp_out = _quant(out_t)
+        q, shift = quantize_multiplier(float(np.float32(s_in)) / float(np.float32(s_out)))
+        args = [q, shift, zp_in, zp_out, _dims4(x_t.shape), x, out]
+        return KernelCall("bnn_mean_s8", args, out, macs)
+    if op.type == "Quantize":
+        return KernelCall(*_quantize_args(graph, op, x, out), out, macs)
+    if op.type == "Dequantize":
+        s, zp = _quant(x_t)
+        args = [int(x.size), x.reshape(-1), F32(float(np.float32(s))), zp, out]
+        return KernelCall("bnn_dequantize_s8_f32", args, out, macs)
+    if op.type == "Reshape":
+        return KernelCall("", [], None)
+    raise UnsupportedOp(f"op {op.name!r}: no C kernel for {op.type}")
+
+
+def _add_args(graph: Graph, op: Op, values: dict[str, np.ndarray], out: np.ndarray) -> list[Any]:
+    a_t, b_t, out_t = (graph.tensors[n] for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    if a_t.shape != b_t.shape:
+        raise UnsupportedOp(f"op {op.name!r}: Add with broadcasting")
+    s_a, zp_a = _quant(a_t)
+    s_b, zp_b = _quant(b_t)
+    s_o, zp_o = _quant(out_t)
+    a = np.ascontiguousarray(values[op.inputs[0]]).reshape(-1)
+    b = np.ascontiguousarray(values[op.inputs[1]]).reshape(-1)
+    if transform_of(op) == "affine":
+        mult = _const(graph, op, 2).reshape(-1)
+        lo, hi = op.attrs["clamp"]
+        params = Struct(
+            "bnn_add_params_t",
+            kind=OUT_AFFINE,
+            a_zero_point=zp_a,
+            b_zero_point=zp_b,
+            affine_mult0=int(mult[0]),
+            affine_mult1=int(mult[1]),
+            affine_shift=int(_const(graph, op, 3).reshape(-1)[0]),
+            affine_offset=int(_const(graph, op, 4).reshape(-1)[0]),
+            act_min=lo,
+            act_max=hi,
+        )
+    else:
+        left, (qa, sa), (qb, sb), (qo, so) = tflite_add_multipliers(s_a, s_b, s_o)
+        lo, hi = activation_range(op.attrs.get("activation", "none"), out_t.quant, out_t.dtype)
+        params = Struct(
+            "bnn_add_params_t",
+            kind=OUT_TFLITE,
+            a_zero_point=zp_a,
+            b_zero_point=zp_b,
+            left_shift=left,
+            a_mult=qa,
+            a_shift=sa,
+            b_mult=qb,
+            b_shift=sb,
+            out_mult=qo,
+            out_shift=so,
+            out_zero_point=zp_o,
+            act_min=lo,
+            act_max=hi,
+        )
+    return [params, int(a.size), a, b, out.reshape(-1)]
+
+
+def _quantize_args(graph: Graph, op: Op, x: np.ndarray, out: np.ndarray) -> tuple[str, list[Any]]:
+    x_t, out_t = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    s_out, zp_out = _quant(out_t)
+    flat_out = out.reshape(-1)
+    if x_t.dtype == "float32":
+        lo, hi = op.attrs.get("qrange", (-128, 127))
+        rounding = (
+            ROUND_HALF_EVEN
+            if op.attrs.get("rounding", "half_away") == "half_even"
+            else ROUND_HALF_AWAY
+        )
+        args = [int(x.size), x.reshape(-1), F32(float(np.float32(s_out))), zp_out, rounding, lo, hi]
+        return "bnn_quantize_f32_s8", [*args, flat_out]
+    s_in, zp_in = _quant(x_t)
+    if transform_of(op) == "affine":
+        lo, hi = op.attrs["clamp"]
+        output = Struct(
+            "bnn_output_t",
+            kind=OUT_AFFINE,
+            a_mult=_const(graph, op, 1).reshape(-1),
+            a_shift=_const(graph, op, 2).reshape(-1),
+            a_offset=_const(graph, op, 3).reshape(-1),
+            act_min=lo,
+            act_max=hi,
+        )
+    else:
+        q, shift = quantize_multiplier(float(np.float32(s_in)) / float(np.float32(s_out)))
+        lo, hi = op.attrs.get("qrange", (-128, 127))
+        output = Struct(
+            "bnn_output_t",
+            kind=OUT_TFLITE,
+            q_mult=np.asarray([q], np.int32),
+            q_shift=np.asarray([shift], np.int32),
+            out_zero_point=zp_out,
+            act_min=lo,
+            act_max=hi,
+        )
+    return "bnn_requantize_s8", [output, zp_in, int(x.size), x.reshape(-1), flat_out]
+
+
+@dataclass
+class GraphRun:
+    values: dict[str, np.ndarray]
+    instructions: dict[str, int] = field(default_factory=dict)  # op name -> instructions
+    macs: dict[str, int] = field(default_factory=dict)
+
+
+def run_graph_c(graph: Graph, backend: Any, inputs: list[np.ndarray]) -> GraphRun:
+    """Run ``graph`` op by op through the C kernels on ``backend``; every value is returned."""
+    values: dict[str, np.ndarray] = {}
+    for name, arr in zip(graph.inputs, inputs, strict=True):
+        t = graph.tensors[name]
+        values[name] = np.ascontiguousarray(np.asarray(arr).astype(_NP[t.dtype]).reshape(t.shape))
+    run = GraphRun(values)
+    for op in graph.ops:
+        call = kernel_call(graph, op, values)
+        out_t = graph.tensors[op.outputs[0]]
+        if call.output is None:  # Reshape: the same bytes
+            values[op.outputs[0]] = values[op.inputs[0]].reshape(out_t.shape)
+            continue
+        status = backend.call(call.function, *call.args)
+        if status != 0:
+            raise RuntimeError(f"op {op.name!r}: {call.function} returned {status}")
+        values[op.outputs[0]] = call.output
+        run.macs[op.name] = call.macs
+        count = getattr(backend, "last_instructions", None)
+        if count is not None:
+            run.instructions[op.name] = int(count)
+    return run
