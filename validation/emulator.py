@@ -1322,8 +1322,9 @@ def write_case_source(
     return value against ``expected_status`` (None: not checked). ``main`` returns 0 when all
     match, 1 otherwise, after printing ``BNN_MISMATCH ...`` lines and ``BNN_CASE PASS|FAIL``.
 
-    Arrays are 8-byte aligned; ``array_offset`` places every array (and struct-field array)
-    that many bytes past an 8-byte boundary instead, to check a kernel's alignment needs."""
+    Arrays are 8-byte aligned; ``array_offset`` places every byte array (int8/uint8, also in
+    struct fields) that many bytes past an 8-byte boundary instead, to check that kernels take
+    int8 buffers at any address; wider arrays keep the alignment C requires of their type."""
     decls: list[str] = []
     patches: list[str] = []
     call_args: list[str] = []
@@ -1341,7 +1342,8 @@ def write_case_source(
                 v = arg.fields[fname]
                 if kind in POINTERS and v is not None:
                     aname = f"a{i}_{fname}"
-                    decls.append(_c_bytes(aname, v.tobytes(), False, array_offset))
+                    offset = array_offset if v.dtype.itemsize == 1 else 0
+                    decls.append(_c_bytes(aname, v.tobytes(), False, offset))
                     arrays[(i, fname)] = (aname, v)
                     fake[fname] = 0
                     patches.append(
@@ -1361,7 +1363,8 @@ def write_case_source(
             params.append("const void *")
         elif isinstance(arg, np.ndarray):
             aname = f"a{i}"
-            decls.append(_c_bytes(aname, np.ascontiguousarray(arg).tobytes(), False, array_offset))
+            offset = array_offset if arg.dtype.itemsize == 1 else 0
+            decls.append(_c_bytes(aname, np.ascontiguousarray(arg).tobytes(), False, offset))
             arrays[i] = (aname, arg)
             call_args.append(f"(void *){aname}")
             params.append("void *")
