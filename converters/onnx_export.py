@@ -380,6 +380,8 @@ class _Exporter:
                 op.name,
                 clamp_lo=int(lo),
                 clamp_hi=int(hi),
+                # TFLite's per-channel FULLY_CONNECTED rounds once (docs/ir.md)
+                single_rounding=int(op.type == "Dense" and bool(w.quant.is_per_channel)),
             )
             return
         if transform == "affine":

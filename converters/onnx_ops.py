@@ -118,15 +118,23 @@ def requantize(
     y_zero_point: np.ndarray,
     clamp_lo: int,
     clamp_hi: int,
+    single_rounding: int = 0,
 ) -> np.ndarray:
     """TFLite requantization of an int32 accumulator (channels last).
 
     ``y = clamp(MultiplyByQuantizedMultiplier(acc, multiplier[c], shift[c]) + y_zero_point,
-    clamp_lo, clamp_hi)`` (:func:`~bnncube.converters.reference.multiply_by_quantized_multiplier`).
+    clamp_lo, clamp_hi)`` (:func:`~bnncube.converters.reference.multiply_by_quantized_multiplier`;
+    ``single_rounding`` 1: the single-rounding form of TFLite's per-channel FULLY_CONNECTED,
+    :func:`~bnncube.converters.reference.multiply_by_quantized_multiplier_single`).
     """
-    y = reference.multiply_by_quantized_multiplier(
-        acc.astype(np.int64), multiplier.astype(np.int64), shift.astype(np.int64)
-    ) + int(_scalar(y_zero_point))
+    mbqm = (
+        reference.multiply_by_quantized_multiplier_single
+        if int(single_rounding)
+        else reference.multiply_by_quantized_multiplier
+    )
+    y = mbqm(acc.astype(np.int64), multiplier.astype(np.int64), shift.astype(np.int64)) + int(
+        _scalar(y_zero_point)
+    )
     return np.clip(y, clamp_lo, clamp_hi).astype(y_zero_point.dtype)
 
 
@@ -377,7 +385,7 @@ OP_SPECS: dict[str, OpSpec] = {
                 (("int32", "int32", "int32", _I8), _I8),
                 (("int32", "int32", "int32", _U8), _U8),
             ),
-            (("clamp_lo", "int"), ("clamp_hi", "int")),
+            (("clamp_lo", "int"), ("clamp_hi", "int"), ("single_rounding", "int")),
         ),
         OpSpec(
             "RequantizeAffine",

@@ -71,6 +71,7 @@ STRUCTS: dict[str, list[tuple[str, str]]] = {
         ("float_activation", _I32),
         ("t_threshold", "ptr:i32"),
         ("t_direction", "ptr:i8"),
+        ("q_single_rounding", _I32),
     ],
     "bnn_add_params_t": [
         ("kind", _I32),

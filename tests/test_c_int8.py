@@ -509,6 +509,8 @@ def test_dense(backend: Any, case: tuple[int, int, int], kind: str) -> None:
         mac = _tflite_output(rng, o, k, zp_out, act, per_tensor=True)  # one weight scale
     else:
         mac = _mac_output(kind, rng, o, k, variant)
+    if kind == "tflite":  # per-channel weights: TFLite's FULLY_CONNECTED rounds once
+        mac.struct.fields["q_single_rounding"] = 1
     expected = _mac_case("Dense", x, zp_in, w, 0, (1, o), mac, {})
     out = _sentinel((o,), np.float32 if kind == "float" else np.int8)
     params = Struct("bnn_conv_params_t", input_zero_point=zp_in, stride_h=9, dilation_w=-3)
@@ -602,6 +604,7 @@ def test_dense_large_accumulators(backend: Any) -> None:
     w = np.where(rng.random((o, k)) < 0.97, 127, -128).astype(np.int8)
     w[1::2] = -w[1::2] - 1  # negative sums too
     mac = _tflite_output(rng, o, 16, -128, "none")
+    mac.struct.fields["q_single_rounding"] = 1  # per-channel weights
     expected = _mac_case("Dense", x, -128, w, 0, (1, o), mac, {})
     out = _sentinel((o,), np.int8)
     params = Struct("bnn_conv_params_t", input_zero_point=-128)

@@ -105,6 +105,7 @@ def output_struct(graph: Graph, op: Op) -> Struct:
             out_zero_point=zp_out,
             act_min=lo,
             act_max=hi,
+            q_single_rounding=int(op.type == "Dense" and not per_tensor),
         )
     if transform == "affine":
         lo, hi = op.attrs["clamp"]
@@ -207,7 +208,7 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
             _conv_params(op),
             output_struct(graph, op),
             _dims4(x_t.shape),
-            x.astype(np.uint32),
+            np.asarray(x, np.uint32),
             _dims4(w_t.shape),
             filters,
             _dims4(out_t.shape),

@@ -94,6 +94,10 @@ typedef struct {
     /* BNN_OUT_THRESHOLD */
     const int32_t *t_threshold;
     const int8_t *t_direction;
+    /* BNN_OUT_TFLITE: 1 = round once, (acc * q + 2^(30 - shift)) >> (31 - shift), as TFLite's
+     * per-channel FULLY_CONNECTED reference kernel does; 0 = MultiplyByQuantizedMultiplier's
+     * two roundings (conv, depthwise, per-tensor fully connected) */
+    int32_t q_single_rounding;
 } bnn_output_t;
 
 #ifdef __cplusplus

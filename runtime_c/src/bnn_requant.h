@@ -121,6 +121,19 @@ static inline int32_t bnn_mbqm(int32_t x, int32_t q, int32_t shift)
     return bnn_rdbp(bnn_srdhm(shifted, q), right);
 }
 
+/* TFLite's single-rounding MultiplyByQuantizedMultiplier (its per-channel FULLY_CONNECTED
+ * reference kernel): (x * q + 2^(30 - shift)) >> (31 - shift) in int64, saturated to int32;
+ * -31 <= shift <= 31 (shift 31: no rounding). */
+static inline int32_t bnn_mbqm_single(int32_t x, int32_t q, int32_t shift)
+{
+    int32_t total = 31 - shift; /* 0 .. 62 */
+    int64_t t = (int64_t)x * (int64_t)q; /* |t| < 2^62 */
+    if (total > 0) {
+        t = bnn_asr64(t + ((int64_t)1 << (total - 1)), total);
+    }
+    return bnn_clamp(t, INT32_MIN, INT32_MAX);
+}
+
 /* ---- QKeras affine transform ------------------------------------------------------------ */
 
 /* round_half_even(t / 2^s), 1 <= s <= 62: the reference's
@@ -252,7 +265,10 @@ static inline void bnn_output_store(const bnn_output_t *output, int32_t o, int32
         if (output->bias != NULL) {
             biased += (uint32_t)output->bias[o];
         }
-        scaled = bnn_mbqm(bnn_s32_from_u32(biased), output->q_mult[o], output->q_shift[o]);
+        scaled = output->q_single_rounding
+                     ? bnn_mbqm_single(bnn_s32_from_u32(biased), output->q_mult[o],
+                                       output->q_shift[o])
+                     : bnn_mbqm(bnn_s32_from_u32(biased), output->q_mult[o], output->q_shift[o]);
         ((int8_t *)out)[index] = (int8_t)bnn_clamp((int64_t)scaled + output->out_zero_point,
                                                    output->act_min, output->act_max);
     } else if (output->kind == BNN_OUT_AFFINE) {
