@@ -168,6 +168,248 @@ def convert(model: str, model_type: str | None, target: str, output: str) -> Non
     click.echo(f"wrote {out} ({target}, {out.stat().st_size:,} bytes; {summary})")
 
 
+def _model_options(fn):  # noqa: ANN001, ANN202 - click decorator stack
+    fn = click.option(
+        "-t",
+        "--type",
+        "model_type",
+        type=click.Choice(["keras", "tflite", "onnx"]),
+        default=None,
+        help="Force the model type instead of guessing it from the suffix.",
+    )(fn)
+    fn = click.option(
+        "-m",
+        "--model",
+        "model",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Model file: .h5/.keras (QKeras), .tflite (int8) or .onnx (bnncube's form).",
+    )(fn)
+    return fn
+
+
+def _generate_options(fn):  # noqa: ANN001, ANN202
+    for option in reversed(
+        [
+            click.option(
+                "-n",
+                "--name",
+                "c_name",
+                default="network",
+                show_default=True,
+                callback=check_c_name,
+                help="C name of the network (prefix of every generated symbol and file).",
+            ),
+            click.option(
+                "-O",
+                "--optimization",
+                type=click.Choice(["time", "ram", "balanced"]),
+                default="balanced",
+                show_default=True,
+                help="Memory plan: ram tries every strategy and keeps the smallest arena.",
+            ),
+            click.option(
+                "--target",
+                type=click.Choice(["stm32h7"]),
+                default="stm32h7",
+                show_default=True,
+                help="Target device (STM32H743ZI: 2 MB flash, 1 MB RAM).",
+            ),
+            click.option("--split-weights", is_flag=True, help="List every constant's place."),
+            click.option(
+                "--no-inputs-allocation",
+                is_flag=True,
+                help="Inputs stay in the application's buffers, outside the activations buffer.",
+            ),
+            click.option(
+                "--no-outputs-allocation",
+                is_flag=True,
+                help="Outputs go to the application's buffers, outside the activations buffer.",
+            ),
+            click.option(
+                "--force", is_flag=True, help="Generate even if the network does not fit."
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@_model_options
+@_generate_options
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    default="st_ai_output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the generated files (replaced as a whole, atomically).",
+)
+@click.option(
+    "-w",
+    "--workspace",
+    default="st_ai_ws",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Working folder (kept for stedgeai compatibility; generate writes nothing there).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Do not print the report.")
+def generate(
+    model: str,
+    model_type: str | None,
+    c_name: str,
+    optimization: str,
+    target: str,
+    split_weights: bool,
+    no_inputs_allocation: bool,
+    no_outputs_allocation: bool,
+    force: bool,
+    output: str,
+    workspace: str,
+    quiet: bool,
+) -> None:
+    """Generate the C code of MODEL (legacy X-CUBE-AI API) with a planned activations buffer."""
+    from bnncube.converters.loader import load_model
+    from bnncube.converters.loader import model_type as detect_type
+    from bnncube.generate import GenerateOptions, generate_code, write_generated
+
+    options = GenerateOptions(
+        c_name=c_name,
+        optimization=optimization,
+        split_weights=split_weights,
+        inputs_allocation=not no_inputs_allocation,
+        outputs_allocation=not no_outputs_allocation,
+        target=target,
+        force=force,
+    )
+    graph = load_model(model, detect_type(model, model_type))
+    result = generate_code(graph, options, model)
+    written = write_generated(result, output)
+    if not quiet:
+        click.echo(result.files[f"{c_name}_generate_report.txt"], nl=False)
+    click.echo(
+        f"wrote {len(written)} files to {output} (weights {result.weights_bytes:,} B, "
+        f"activations {result.activations_bytes:,} B)"
+    )
+
+
+@cli.command()
+@_model_options
+@_generate_options
+@click.option(
+    "--mode",
+    type=click.Choice(["host"]),
+    default="host",
+    show_default=True,
+    help="host: build the generated C for this machine and run it.",
+)
+@click.option("-vi", "--valinput", "valinput", default=None, help="Inputs: .npy or .npz [N, ...].")
+@click.option(
+    "-vo",
+    "--valoutput",
+    "valoutput",
+    default=None,
+    help="Expected outputs (.npy/.npz) to compare with, instead of running the original model.",
+)
+@click.option(
+    "-b",
+    "--batches",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 100000),
+    help="Number of random inputs (without -vi).",
+)
+@click.option(
+    "--range",
+    "value_range",
+    nargs=2,
+    type=float,
+    default=None,
+    help="Range of the random inputs (default: [-1, 1] for float, the full int8 range).",
+)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--save-csv", is_flag=True, help="Also write the outputs as CSV files.")
+@click.option("--per-layer", is_flag=True, help="Compare every layer's output too.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    default="st_ai_output",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the validation reports.",
+)
+@click.option(
+    "-w",
+    "--workspace",
+    default="st_ai_ws",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Working folder (generated code and its host build).",
+)
+def validate(
+    model: str,
+    model_type: str | None,
+    c_name: str,
+    optimization: str,
+    target: str,
+    split_weights: bool,
+    no_inputs_allocation: bool,
+    no_outputs_allocation: bool,
+    force: bool,
+    mode: str,
+    valinput: str | None,
+    valoutput: str | None,
+    batches: int,
+    value_range: tuple[float, float] | None,
+    seed: int,
+    save_csv: bool,
+    per_layer: bool,
+    output: str,
+    workspace: str,
+) -> None:
+    """Generate MODEL, run the C code on the host, compare with the reference and the model."""
+    from pathlib import Path
+
+    from bnncube.converters.loader import load_model
+    from bnncube.converters.loader import model_type as detect_type
+    from bnncube.generate import GenerateOptions, generate_code
+    from bnncube.validate import (
+        check_bit_exact,
+        format_validate_report,
+        load_inputs,
+        random_inputs,
+        validate_host,
+        write_validate_reports,
+    )
+
+    kind = detect_type(model, model_type)
+    graph = load_model(model, kind)
+    if valinput is not None:
+        inputs = load_inputs(valinput, graph)
+    else:
+        inputs = random_inputs(graph, batches, seed, value_range)
+    options = GenerateOptions(
+        c_name=c_name,
+        optimization=optimization,
+        split_weights=split_weights,
+        inputs_allocation=not no_inputs_allocation,
+        outputs_allocation=not no_outputs_allocation,
+        target=target,
+        force=force,
+    )
+    result = generate_code(graph, options, model)
+    report = validate_host(
+        model, kind, graph, result, c_name, inputs, per_layer, Path(workspace), valoutput
+    )
+    written = write_validate_reports(report, Path(output), c_name, save_csv)
+    click.echo(format_validate_report(report), nl=False)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+    check_bit_exact(report)
+
+
 @cli.group()
 def zoo() -> None:
     """The paper's networks."""
