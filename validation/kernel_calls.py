@@ -170,7 +170,11 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
     ctx = Struct("bnn_context_t")
     if op.type in ("Conv2D", "DepthwiseConv2D"):
         if x_t.dtype not in ("int8", "uint8"):
-            raise UnsupportedOp(f"op {op.name!r}: {op.type} on {x_t.dtype} input")
+            raise UnsupportedOp(
+                f"op {op.name!r}: {op.type} on a {x_t.dtype} input has no C kernel; the runtime "
+                "runs int8 and binary layers (quantize the model: QKeras quantizers, or TFLite "
+                "full-integer quantization)"
+            )
         _, zp = _quant(x_t)
         w_t = graph.tensors[op.inputs[1]]
         fn = "bnn_conv2d_s8" if op.type == "Conv2D" else "bnn_depthwise_conv2d_s8"
@@ -256,7 +260,11 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
         return KernelCall("bnn_dequantize_s8_f32", args, out, macs)
     if op.type == "Reshape":
         return KernelCall("", [], None)
-    raise UnsupportedOp(f"op {op.name!r}: no C kernel for {op.type}")
+    raise UnsupportedOp(
+        f"op {op.name!r}: no C kernel for {op.type}; supported: Conv2D, DepthwiseConv2D, Dense "
+        "(int8), BinaryConv2D, Bitpack, Add, AveragePool2D, MaxPool2D, Mean, Quantize, "
+        "Dequantize, Reshape"
+    )
 
 
 def _add_args(graph: Graph, op: Op, values: dict[str, np.ndarray], out: np.ndarray) -> list[Any]:
