@@ -45,7 +45,9 @@ test-fast: setup
 demo: setup
 	mkdir -p $(DEMO)
 	$(BIN)/bnncube zoo build hybrid -o $(DEMO)/hybrid.h5
-	$(BIN)/bnncube analyze -m $(DEMO)/hybrid.h5 -n hybrid -o $(DEMO)
+	$(BIN)/bnncube analyze -m $(DEMO)/hybrid.h5 -n hybrid -o $(DEMO) -q
+	$(BIN)/bnncube generate -m $(DEMO)/hybrid.h5 -n hybrid -o $(DEMO)/hybrid_c -q
+	$(BIN)/bnncube validate -m $(DEMO)/hybrid.h5 -n hybrid -b 20 -o $(DEMO) -w $(DEMO)/ws
 
 bench: setup
 	$(BIN)/python bench/zoo_footprint.py --out bench/results
