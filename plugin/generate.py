@@ -781,8 +781,7 @@ ai_error ai_{name}_create(ai_handle *network, const ai_buffer *network_config)
     if (network == (ai_handle *)0) {{
         return make_error(AI_ERROR_CREATE_FAILED, AI_ERROR_CODE_INVALID_PTR);
     }}
-    if (s_{name}.created) {{
-        *network = AI_HANDLE_NULL;
+    if (s_{name}.created) {{ /* one instance; *network is left as it was */
         return make_error(AI_ERROR_CREATE_FAILED, AI_ERROR_CODE_IN_USE);
     }}
     memset(&s_{name}, 0, sizeof(s_{name}));
@@ -891,6 +890,7 @@ ai_i32 ai_{name}_run(ai_handle network, const ai_buffer *input, ai_buffer *outpu
         set_error(net, AI_ERROR_INVALID_STATE, AI_ERROR_CODE_MISSED_INIT);
         return -1;
     }}
+    net->error = make_error(AI_ERROR_NONE, AI_ERROR_CODE_NONE); /* the error of this run */
     if (input == (const ai_buffer *)0 || input->data == AI_HANDLE_NULL) {{
         set_error(net, AI_ERROR_INVALID_INPUT, AI_ERROR_CODE_INVALID_PTR);
         return -1;

@@ -287,3 +287,43 @@ def test_validate_names_the_diverging_layer(hybrid_h5: Path, tmp_path: Path) -> 
     report = validate_host(str(hybrid_h5), "keras", graph, result, "network", x, False, tmp_path)
     assert not report["bit_exact"]
     assert report["first_diverging_layer"] is not None
+
+
+def test_api_refuses_bad_buffers(hybrid_h5: Path, tmp_path: Path) -> None:
+    """create_and_init with a NULL or misaligned activations buffer: an error code, no crash;
+    a second instance: AI_ERROR_CODE_IN_USE, the first handle untouched."""
+    import ctypes
+
+    from bnncube.validate import build_host_network
+
+    folder = tmp_path / "gen"
+    write_generated(generate_code(load_model(hybrid_h5), GenerateOptions()), folder)
+    lib = ctypes.CDLL(str(build_host_network(folder, "network", tmp_path)))
+
+    class Error(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_uint32, 8), ("code", ctypes.c_uint32, 24)]
+
+    create = lib.ai_network_create_and_init
+    create.restype = Error
+    create.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p, ctypes.c_void_p]
+    lib.ai_network_destroy.argtypes = [ctypes.c_void_p]
+    lib.ai_network_destroy.restype = ctypes.c_void_p
+    handle = ctypes.c_void_p()
+    err = create(ctypes.byref(handle), None, None)
+    assert (err.type, err.code) == (0x30, 0x13)  # INIT_FAILED, NETWORK_ACTIVATIONS
+    assert not handle.value
+    null_acts = (ctypes.c_void_p * 1)(None)
+    err = create(ctypes.byref(handle), null_acts, None)
+    assert (err.type, err.code) == (0x30, 0x13)
+    arena = np.zeros(200_000, np.uint8)
+    base = arena.ctypes.data + (-arena.ctypes.data) % 8
+    err = create(ctypes.byref(handle), (ctypes.c_void_p * 1)(base + 4), None)
+    assert (err.type, err.code) == (0x30, 0x17)  # INVALID_PTR: not 8-byte aligned
+    err = create(ctypes.byref(handle), (ctypes.c_void_p * 1)(base), None)
+    assert err.type == 0 and handle.value
+    first = handle.value
+    other = ctypes.c_void_p(12345)
+    err = create(ctypes.byref(other), (ctypes.c_void_p * 1)(base), None)
+    assert (err.type, err.code) == (0x33, 0x40)  # CREATE_FAILED, IN_USE
+    assert other.value == 12345  # left as it was
+    assert lib.ai_network_destroy(ctypes.c_void_p(first)) is None
