@@ -229,6 +229,18 @@ def _generate_options(fn):  # noqa: ANN001, ANN202
             click.option(
                 "--force", is_flag=True, help="Generate even if the network does not fit."
             ),
+            click.option(
+                "--input-data-type",
+                type=click.Choice(["float32", "int8", "uint8"]),
+                default=None,
+                help="Element type of the input (default: the model's).",
+            ),
+            click.option(
+                "--output-data-type",
+                type=click.Choice(["float32", "int8", "uint8"]),
+                default=None,
+                help="Element type of the output (default: the model's).",
+            ),
         ]
     ):
         fn = option(fn)
@@ -266,6 +278,8 @@ def generate(
     no_inputs_allocation: bool,
     no_outputs_allocation: bool,
     force: bool,
+    input_data_type: str | None,
+    output_data_type: str | None,
     output: str,
     workspace: str,
     quiet: bool,
@@ -283,6 +297,8 @@ def generate(
         outputs_allocation=not no_outputs_allocation,
         target=target,
         force=force,
+        input_data_type=input_data_type,
+        output_data_type=output_data_type,
     )
     graph = load_model(model, detect_type(model, model_type))
     result = generate_code(graph, options, model)
@@ -359,6 +375,8 @@ def validate(
     no_inputs_allocation: bool,
     no_outputs_allocation: bool,
     force: bool,
+    input_data_type: str | None,
+    output_data_type: str | None,
     mode: str,
     valinput: str | None,
     valoutput: str | None,
@@ -386,11 +404,6 @@ def validate(
     )
 
     kind = detect_type(model, model_type)
-    graph = load_model(model, kind)
-    if valinput is not None:
-        inputs = load_inputs(valinput, graph)
-    else:
-        inputs = random_inputs(graph, batches, seed, value_range)
     options = GenerateOptions(
         c_name=c_name,
         optimization=optimization,
@@ -399,8 +412,15 @@ def validate(
         outputs_allocation=not no_outputs_allocation,
         target=target,
         force=force,
+        input_data_type=input_data_type,
+        output_data_type=output_data_type,
     )
-    result = generate_code(graph, options, model)
+    result = generate_code(load_model(model, kind), options, model)
+    graph = result.graph  # with the I/O types asked for
+    if valinput is not None:
+        inputs = load_inputs(valinput, graph)
+    else:
+        inputs = random_inputs(graph, batches, seed, value_range)
     report = validate_host(
         model, kind, graph, result, c_name, inputs, per_layer, Path(workspace), valoutput
     )

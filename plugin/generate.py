@@ -74,6 +74,8 @@ class GenerateOptions:
     outputs_allocation: bool = True
     target: str = "stm32h7"
     force: bool = False  # generate even when the network does not fit the target
+    input_data_type: str | None = None  # None: the model's; float32 | int8 | uint8
+    output_data_type: str | None = None
 
 
 @dataclass
@@ -262,6 +264,7 @@ def _c_identifier(text: str) -> str:
 @dataclass
 class GenerateResult:
     files: dict[str, str]  # file name -> text
+    graph: Graph  # the graph generated (after --input/--output-data-type)
     weights_bytes: int
     activations_bytes: int
     macc: int
@@ -270,10 +273,74 @@ class GenerateResult:
     kernels: list[str]
 
 
+def set_io_types(graph: Graph, input_type: str | None, output_type: str | None) -> Graph:
+    """``--input-data-type`` / ``--output-data-type``: the network's I/O element types.
+
+    int8 input of a model whose float input is quantized first (QKeras ``QActivation``, TFLite
+    QUANTIZE): that Quantize is dropped and the application passes the quantized values (scale
+    and zero point in the buffer's meta info). float32 input of an int8 model: a Quantize (TFLite
+    rounding) is added. The same for the output with Dequantize. A copy is changed.
+    """
+    import copy
+
+    from bnncube.converters.ir import Op, Tensor
+
+    g = copy.deepcopy(graph)
+    where = "option --input-data-type"
+    name = g.inputs[0]
+    t = g.tensors[name]
+    if input_type and input_type != t.dtype:
+        users = g.consumers(name)
+        first = users[0] if len(users) == 1 else None
+        if input_type in ("int8", "uint8") and t.dtype == "float32":
+            out_t = g.tensors[first.outputs[0]] if first is not None else None
+            if first is None or first.type != "Quantize" or out_t.dtype != input_type:
+                raise BnnError(
+                    f"{where}: {input_type} needs a model whose float input is quantized to "
+                    f"{input_type} first (a QActivation or QUANTIZE on the input)"
+                )
+            g.ops.remove(first)
+            g.inputs = [first.outputs[0]]
+        elif input_type == "float32" and t.dtype in ("int8", "uint8"):
+            new = g.unique_name(f"{name}_float")
+            g.add_tensor(Tensor(new, t.shape, "float32"))
+            g.ops.insert(0, Op(f"{name}_quantize", "Quantize", [new], [name], {}))
+            g.inputs = [new]
+        else:
+            raise BnnError(f"{where}: {input_type} for a {t.dtype} input is not supported")
+    where = "option --output-data-type"
+    name = g.outputs[0]
+    t = g.tensors[name]
+    if output_type and output_type != t.dtype:
+        last = g.producer(name)
+        if output_type in ("int8", "uint8") and t.dtype == "float32":
+            src = g.tensors[last.inputs[0]] if last is not None and last.inputs else None
+            if last is None or last.type != "Dequantize" or src.dtype != output_type:
+                raise BnnError(
+                    f"{where}: {output_type} needs a model whose output is dequantized from "
+                    f"{output_type} last (a DEQUANTIZE); this one computes float32"
+                )
+            g.ops.remove(last)
+            g.outputs = [last.inputs[0]]
+        elif output_type == "float32" and t.dtype in ("int8", "uint8"):
+            new = g.unique_name(f"{name}_float")
+            g.add_tensor(Tensor(new, t.shape, "float32"))
+            g.ops.append(Op(f"{name}_dequantize", "Dequantize", [name], [new], {}))
+            g.outputs = [new]
+        else:
+            raise BnnError(f"{where}: {output_type} for a {t.dtype} output is not supported")
+    g.validate()
+    g.prune()
+    return g
+
+
 def generate_code(graph: Graph, options: GenerateOptions, model_path: str = "") -> GenerateResult:
     """All generated files for ``graph`` as texts (nothing written yet)."""
     from bnncube.planner import plan_graph
     from bnncube.validation.kernel_calls import UnsupportedOp, kernel_call
+
+    if options.input_data_type or options.output_data_type:
+        graph = set_io_types(graph, options.input_data_type, options.output_data_type)
 
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise BnnError(
@@ -312,7 +379,7 @@ def generate_code(graph: Graph, options: GenerateOptions, model_path: str = "") 
     report = _report(graph, options, plan, figures, c_types, weights_bytes, macc, model_path)
     files = _files(graph, options, emitter, weights, plan, report, macc)
     return GenerateResult(
-        files, weights_bytes, activations_bytes, macc, report, plan, sorted(emitter.kernels)
+        files, graph, weights_bytes, activations_bytes, macc, report, plan, sorted(emitter.kernels)
     )
 
 
@@ -374,6 +441,8 @@ def _report(
             "split_weights": options.split_weights,
             "inputs_allocation": options.inputs_allocation,
             "outputs_allocation": options.outputs_allocation,
+            "input_data_type": options.input_data_type or "(the model's)",
+            "output_data_type": options.output_data_type or "(the model's)",
         },
         "inputs": [_tensor_info(graph, n) for n in graph.inputs],
         "outputs": [_tensor_info(graph, n) for n in graph.outputs],

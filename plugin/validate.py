@@ -217,9 +217,11 @@ def metrics(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 def dequantized(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:
     t = graph.tensors[name]
     if t.dtype in ("int8", "uint8") and t.quant is not None:
-        scale = float(t.quant.scale.reshape(-1)[0])
+        # as a DEQUANTIZE computes it: f32(double(f32(scale)) * (q - zp))
+        scale = float(np.float32(t.quant.scale.reshape(-1)[0]))
         zp = int(t.quant.zero_point.reshape(-1)[0])
-        return (values.astype(np.float64) - zp) * scale
+        real = ((values.astype(np.float64) - zp) * scale).astype(np.float32)
+        return real.astype(np.float64)
     return values.astype(np.float64)
 
 
@@ -384,7 +386,24 @@ def validate_host(
         original = load_expected(expected_file, graph, len(inputs))
         against = f"file {Path(expected_file).name}"
     else:
-        original = original_outputs(model, kind, graph, inputs)
+        # the original model takes its own input type: dequantize an int8 input given to a
+        # float model (exact: the model's first quantizer maps those values back)
+        original_graph = load_model_graph(model, kind)
+        model_in = original_graph.tensors[original_graph.inputs[0]]
+        fed = inputs
+        ours_in = graph.tensors[graph.inputs[0]]
+        if model_in.dtype == "float32" and ours_in.dtype != "float32":
+            fed = dequantized(graph, graph.inputs[0], inputs).astype(np.float32)
+        elif model_in.dtype in ("int8", "uint8") and ours_in.dtype == "float32":
+            # the Quantize the generated graph starts with (TFLite rounding)
+            from bnncube.converters.reference import run_graph as _run
+
+            first = graph.ops[0]
+            step = Graph(
+                "quantize", dict(graph.tensors), [first], [first.inputs[0]], [first.outputs[0]]
+            )
+            fed = np.concatenate([_run(step, [x[None]])[first.outputs[0]] for x in inputs])
+        original = original_outputs(model, kind, original_graph, fed)
         against = {
             "keras": "Keras/QKeras",
             "tflite": "TFLite interpreter (reference kernels)",
@@ -435,6 +454,12 @@ def load_expected(path: str, graph: Graph, count: int) -> np.ndarray:
             f"{list(t.shape[1:])}"
         )
     return data
+
+
+def load_model_graph(model: str, kind: str) -> Graph:
+    from bnncube.converters.loader import load_model
+
+    return load_model(model, kind)
 
 
 def format_validate_report(report: dict[str, Any]) -> str:

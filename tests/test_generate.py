@@ -327,3 +327,28 @@ def test_api_refuses_bad_buffers(hybrid_h5: Path, tmp_path: Path) -> None:
     assert (err.type, err.code) == (0x33, 0x40)  # CREATE_FAILED, IN_USE
     assert other.value == 12345  # left as it was
     assert lib.ai_network_destroy(ctypes.c_void_p(first)) is None
+
+
+def test_io_data_types(hybrid_h5: Path, mnv2_i8_tflite: Path, tmp_path: Path, capsys) -> None:
+    """--input-data-type / --output-data-type: int8 input for the hybrid (its input quantizer
+    dropped), float32 input and int8 output for mnv2_i8; still bit-exact, and equal to the
+    original model where the inputs are exactly representable."""
+    for model, extra in (
+        (hybrid_h5, ["--input-data-type", "int8"]),
+        (mnv2_i8_tflite, ["--input-data-type", "float32", "--output-data-type", "int8"]),
+    ):
+        out = tmp_path / model.stem
+        argv = ["validate", "-m", str(model), "-b", "4", "-o", str(out), "-w", str(out / "w")]
+        assert main([*argv, *extra]) == 0
+        report = json.loads((out / "network_validate_report.json").read_text())
+        assert report["bit_exact"]
+        (metrics,) = report["metrics"].values()
+        assert metrics["vs_original"]["rmse"] == 0.0
+    info = json.loads((tmp_path / "hybrid" / "w" / "network" / "network_c_info.json").read_text())
+    assert info["inputs"][0]["format"] == "int8" and info["inputs"][0]["scale"] == 2.0**-7
+    _error(
+        capsys,
+        ["generate", "-m", str(hybrid_h5), "--output-data-type", "int8", "-o", str(tmp_path / "x")],
+        "option --output-data-type",
+        "DEQUANTIZE",
+    )
