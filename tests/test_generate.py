@@ -352,3 +352,18 @@ def test_io_data_types(hybrid_h5: Path, mnv2_i8_tflite: Path, tmp_path: Path, ca
         "option --output-data-type",
         "DEQUANTIZE",
     )
+
+
+def test_onnx_model_and_per_layer(hybrid_h5: Path, tmp_path: Path) -> None:
+    """bnncube's ONNX form as input (the original model then runs in onnxruntime), with every
+    layer compared (--per-layer)."""
+    onnx_path = tmp_path / "hybrid.onnx"
+    assert main(["convert", "-m", str(hybrid_h5), "--to", "onnx", "-o", str(onnx_path)]) == 0
+    out = tmp_path / "out"
+    argv = ["validate", "-m", str(onnx_path), "-b", "2", "--per-layer", "-o", str(out)]
+    assert main([*argv, "-w", str(tmp_path / "w")]) == 0
+    report = json.loads((out / "network_validate_report.json").read_text())
+    assert report["bit_exact"] and report["original"] == "onnxruntime"
+    assert report["layers_differing"] == {}
+    (metrics,) = report["metrics"].values()
+    assert metrics["vs_original"]["rmse"] == 0.0  # onnxruntime runs the same arithmetic
