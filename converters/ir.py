@@ -65,6 +65,7 @@ OUTPUT_TRANSFORMS: dict[str, tuple[str, ...]] = {
     "affine": ("multiplier", "shift", "offset"),
     "float": ("scale", "offset"),
     "threshold": ("threshold", "direction"),
+    "lce": ("multiplier", "bias"),
 }
 
 ACTIVATIONS = ("none", "relu", "relu6", "linear")

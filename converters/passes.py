@@ -181,6 +181,8 @@ def fuse_bitpack(graph: Graph) -> bool:
         producer = graph.producer(pack.inputs[0])
         if producer is None or producer.type != "BinaryConv2D":
             continue
+        if producer.attrs.get("output_transform") == "lce":  # deployed LCE float output
+            continue
         if graph.tensors[pack.inputs[0]].dtype != "float32":
             continue
         if _single_consumer(graph, pack.inputs[0]) is not pack:

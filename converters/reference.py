@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from bnncube.converters.binary_reference import binary_conv_accumulate, bitpack, pack_filters
+from bnncube.converters.binary_reference import (
+    binary_conv_accumulate,
+    bitpack,
+    pack_filters,
+    unpack,
+)
 from bnncube.converters.ir import Graph, Op, Quant, Tensor, packed_words, transform_of
 from bnncube.converters.transforms import shift_round_half_even
 
@@ -372,12 +377,67 @@ def output_transform(
         offset = np.asarray(constants[1], np.float32).reshape(-1)
         y = (acc.astype(np.float32) * scale).astype(np.float32) + offset
         return _float_activation(y.astype(np.float32), attrs.get("activation", "none"))
+    if transform == "lce":
+        return lce_transform(acc, constants, attrs)
     if transform == "threshold":
         t = np.asarray(constants[0], np.int64).reshape(-1)
         d = np.asarray(constants[1], np.int64).reshape(-1)
         neg = np.where(d > 0, acc < t, np.where(d < 0, acc > t, t != 0))
         return bitpack(np.where(neg, -1, 1).astype(np.int8), 0)  # bit 1 where negative
     raise NotImplementedError(f"reference: output transform {transform!r} is not implemented")
+
+
+def lce_transform(
+    acc: np.ndarray,
+    constants: list[np.ndarray],
+    attrs: dict[str, Any],
+    correction: np.ndarray | None = None,
+    border: np.ndarray | None = None,
+) -> np.ndarray:
+    """Larq Compute Engine's ``LceBconv2d`` float / int8 output (transform ``"lce"``).
+
+    ``acc`` is the one-padded +1/-1 sum (every one of the ``K = attrs["lce_k"]`` taps counts, a
+    padded tap as +1), so that LCE's XOR popcount is ``p = (K - acc) / 2``.  ``constants`` are
+    LCE's folded per-channel float32 ``multiplier = f32(-m / s)`` and ``bias = f32((b + K * m)
+    / s + zp)`` (``m``, ``b`` the stored ``post_activation_multiplier`` / ``_bias``; ``s, zp`` the
+    int8 output scale and zero point, 1 and 0 for float output; computed in double).  Then
+
+    ``x = clamp(2 * p, lo, hi)`` (int32, ``(lo, hi) = attrs["lce_clamp"]``: LCE's fused
+    activation range ``[a, b]`` of ``acc`` as ``[K - min(b, K), K - max(a, -K)]``),
+    ``y = f32(f32(f32(x) * multiplier[o]) + bias[o])`` (two roundings, no fused multiply-add).
+
+    Zero padding (float output only): at every output pixel whose window holds a padded tap
+    (``border``), ``y = f32(y + f32(multiplier[o] * corr))`` with ``corr`` (``correction``) the
+    sum of the filter's +1/-1 values over the padded taps (``multiplier = -m`` there).
+
+    ``attrs["lce_output"]`` ``"float32"``: ``y``; ``"int8"``: ``clamp(round_half_away(y), -128,
+    127)`` (TfLiteRound; int64 result).
+    """
+    acc = np.asarray(acc, np.int64)
+    k = int(attrs["lce_k"])
+    lo, hi = (int(v) for v in attrs["lce_clamp"])
+    mult = np.asarray(constants[0], np.float32).reshape(-1)
+    bias = np.asarray(constants[1], np.float32).reshape(-1)
+    x = np.clip(k - acc, lo, hi).astype(np.float32)
+    y = ((x * mult).astype(np.float32) + bias).astype(np.float32)
+    if correction is not None and border is not None:
+        fix = (np.asarray(correction, np.int64).astype(np.float32) * mult).astype(np.float32)
+        y = np.where(border[..., None], (y + fix).astype(np.float32), y).astype(np.float32)
+    if attrs.get("lce_output", "float32") == "float32":
+        return y
+    r = np.clip(_round_half_away(y).astype(np.float64), -128, 127)
+    return r.astype(np.int64)
+
+
+def _border_mask(
+    in_hw: tuple[int, int], k: tuple[int, int], strides: Any, pads: Any, out_hw: tuple[int, int]
+) -> np.ndarray:
+    """bool [OH, OW]: the output pixels whose window holds a tap outside the input."""
+    axes = []
+    for axis in range(2):
+        start = np.arange(out_hw[axis]) * int(strides[axis]) - int(pads[2 * axis])
+        axes.append((start < 0) | (start + k[axis] > in_hw[axis]))
+    return axes[0][:, None] | axes[1][None, :]
 
 
 def _int_input(ctx: _Ctx) -> bool:
@@ -494,15 +554,20 @@ def binary_conv2d(ctx: _Ctx) -> np.ndarray:
         raise NotImplementedError(f"reference: op {ctx.op.name!r}: dilated binary convolution")
     w = ctx.x(1)
     o, kh, kw, c = w.shape
-    acc = binary_conv_accumulate(
-        ctx.x(0),
-        c,
-        pack_filters(w),
-        (kh, kw),
-        a.get("strides", (1, 1)),
-        a.get("pads", (0, 0, 0, 0)),
-        int(a.get("pad_value", 0)),
-    ).astype(np.int64)
+    strides, pads = a.get("strides", (1, 1)), a.get("pads", (0, 0, 0, 0))
+    pad_value = int(a.get("pad_value", 0))
+    packed_w = pack_filters(w)
+    acc = binary_conv_accumulate(ctx.x(0), c, packed_w, (kh, kw), strides, pads, pad_value).astype(
+        np.int64
+    )
+    if transform_of(ctx.op) == "lce":
+        constants = [np.asarray(ctx.x(i)) for i in range(2, ctx.n_inputs)]
+        if pad_value == 1 or not any(int(p) for p in pads):
+            return lce_transform(acc, constants, a)
+        one = binary_conv_accumulate(ctx.x(0), c, packed_w, (kh, kw), strides, pads, 1)
+        one = one.astype(np.int64)
+        border = _border_mask(ctx.t(0).shape[1:3], (kh, kw), strides, pads, ctx.out.shape[1:3])
+        return lce_transform(one, constants, a, one - acc, border)
     if transform_of(ctx.op) == "tflite":
         raise NotImplementedError(
             f"reference: op {ctx.op.name!r}: BinaryConv2D needs an output "
@@ -689,9 +754,23 @@ def quantize(ctx: _Ctx) -> np.ndarray:
 def dequantize(ctx: _Ctx) -> np.ndarray:
     """Dequantize: ``y = float32(double(s) * (x - zp))`` (equal to the float32 product, since
     the product of a float32 and a 9-bit integer is exact in double)."""
+    if ctx.t(0).dtype == "binary":
+        return _dequantize_binary(ctx)
     s, zp = _scalar_quant(ctx.t(0).quant)
     y = float(_f32(s)) * (ctx.x(0).astype(np.float64) - zp)
     return y.astype(np.float32)
+
+
+def _dequantize_binary(ctx: _Ctx) -> np.ndarray:
+    """Dequantize of a packed binary tensor (LCE's ``LceDequantize``): float32 output +1.0 (bit
+    0) / -1.0 (bit 1); int8 output ``min(127, zp + r)`` / ``max(-128, zp - r)`` with ``r =
+    round_half_away(f32(1 / f32(scale)))``."""
+    pm1 = unpack(ctx.x(0), ctx.t(0).shape[-1])
+    if ctx.out.dtype == "float32":
+        return pm1.astype(np.float32)
+    s, zp = _scalar_quant(ctx.out.quant)
+    r = int(_round_half_away(np.asarray([np.float32(1) / _f32(s)], np.float32))[0])
+    return np.where(pm1 > 0, min(127, zp + r), max(-128, zp - r)).astype(_NP_DTYPES[ctx.out.dtype])
 
 
 OPS: dict[str, Callable[[_Ctx], np.ndarray]] = {

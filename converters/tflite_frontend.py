@@ -436,6 +436,17 @@ def _convert(model: Any, raw: bytes, p: Path, where: str) -> Graph:
             kind = _text(oc.customCode) or "CUSTOM"
         else:
             kind = builtin.get(code, f"BUILTIN_{code}")
+        if code == custom_code and kind in LCE_OPS:
+            ins = [
+                names[int(i)] if i >= 0 else ""
+                for i in (op.inputs if op.inputs is not None else [])
+            ]
+            outs = [names[int(i)] for i in (op.outputs if op.outputs is not None else []) if i >= 0]
+            opts = _custom_options(op, f"{where}: op #{k} ({kind})")
+            graph.add_op(
+                _convert_lce_op(graph, kind, opts, ins, outs, f"{where}: op #{k} ({kind})")
+            )
+            continue
         if kind not in SUPPORTED_OPS or code == custom_code:
             hint = (
                 " (the TFLite converter writes a dilated convolution as SPACE_TO_BATCH_ND + "
@@ -460,6 +471,203 @@ def _convert(model: Any, raw: bytes, p: Path, where: str) -> Graph:
         raise BnnError(f"{where}: invalid graph ({e})") from e
     graph.prune()
     return graph
+
+
+# --------------------------------------------------------------------------------------------
+# Larq Compute Engine custom ops
+# --------------------------------------------------------------------------------------------
+
+# LCE custom op -> IR op type
+LCE_OPS: dict[str, str] = {
+    "LceQuantize": "Bitpack",
+    "LceBconv2d": "BinaryConv2D",
+    "LceDequantize": "Dequantize",
+}
+
+# TFLite ActivationFunctionType -> the int32 range LCE's CalculateActivationRange gives
+_LCE_ACT_RANGE = {0: (-(2**31), 2**31 - 1), 1: (0, 2**31 - 1), 2: (-1, 1), 3: (0, 6)}
+
+
+def _custom_options(op: Any, where: str) -> dict[str, Any]:
+    raw = op.customOptions
+    if raw is None or len(raw) < 3:
+        return {}
+    from flatbuffers import flexbuffers
+
+    try:
+        value = flexbuffers.Loads(bytes(np.asarray(raw, np.uint8)))
+    except Exception as e:  # a user's file
+        raise BnnError(f"{where}: unreadable custom options ({type(e).__name__}: {e})") from e
+    if not isinstance(value, dict):
+        raise BnnError(f"{where}: custom options are not a flexbuffer map")
+    return value
+
+
+def _as_binary(graph: Graph, name: str, channels: int, where: str) -> None:
+    """Retype the TFLite INT32 tensor ``name`` [..., ceil(C/32)] as the IR binary [..., C]."""
+    t = graph.tensors[name]
+    if t.dtype == "binary":
+        if t.shape[-1] != channels:
+            raise BnnError(
+                f"{where}: binary tensor {name!r} has {t.shape[-1]} channels, not {channels}"
+            )
+        return
+    if t.dtype != "int32" or not t.shape or t.shape[-1] != -(-channels // 32):
+        raise BnnError(
+            f"{where}: tensor {name!r} ({t.dtype} {list(t.shape)}) is not a bitpacked tensor "
+            f"of {channels} channels"
+        )
+    if t.data is not None:
+        raise BnnError(f"{where}: constant bitpacked activations are not supported")
+    graph.tensors[name] = Tensor(name, tuple(t.shape[:-1]) + (channels,), "binary", None, None)
+
+
+def _unpack_filters(graph: Graph, name: str, channels: int, where: str) -> str:
+    from bnncube.converters.binary_reference import unpack
+
+    t = graph.tensors[name]
+    if t.data is None or t.dtype != "int32" or len(t.shape) != 4:
+        raise BnnError(f"{where}: the filter {name!r} must be a constant INT32 [O, KH, KW, words]")
+    if t.shape[3] != -(-channels // 32):
+        raise BnnError(
+            f"{where}: the filter {name!r} has {t.shape[3]} words per row; channels_in "
+            f"{channels} needs {-(-channels // 32)} (grouped binary convolution is not supported)"
+        )
+    pm1 = unpack(np.asarray(t.data).view(np.uint32), channels)
+    new = graph.unique_name(f"{name}/unpacked")
+    graph.add_tensor(Tensor(new, tuple(pm1.shape), "binary", None, pm1))
+    return new
+
+
+def _lce_option(opts: dict[str, Any], key: str, where: str) -> int:
+    if key not in opts:
+        raise BnnError(f"{where}: custom option {key!r} is missing")
+    try:
+        return int(opts[key])
+    except (TypeError, ValueError) as e:
+        raise BnnError(f"{where}: custom option {key!r} = {opts[key]!r} is not an integer") from e
+
+
+def _convert_lce_op(
+    graph: Graph, kind: str, opts: dict[str, Any], ins: list[str], outs: list[str], where: str
+) -> Op:
+    """One LCE custom op -> one IR op (docs/tflite-form.md "Reading LCE models")."""
+    if len(outs) != 1 or not ins or not ins[0]:
+        raise BnnError(f"{where}: expected 1 data input and 1 output")
+    x, out = graph.tensors[ins[0]], graph.tensors[outs[0]]
+    name = _readable_op_name(outs[0])
+    if kind == "LceQuantize":
+        if x.dtype not in ("float32", "int8"):
+            raise BnnError(f"{where}: input dtype {x.dtype}; supported: FLOAT32, INT8")
+        _as_binary(graph, outs[0], x.shape[-1], where)
+        return Op(name, "Bitpack", [ins[0]], list(outs), {})
+    if kind == "LceDequantize":
+        if out.dtype not in ("float32", "int8"):
+            raise BnnError(f"{where}: output dtype {out.dtype}; supported: FLOAT32, INT8")
+        if out.dtype == "int8" and out.quant is None:
+            raise BnnError(f"{where}: int8 output {out.name!r} has no quantization")
+        _as_binary(graph, ins[0], out.shape[-1], where)
+        return Op(name, "Dequantize", [ins[0]], list(outs), {})
+    # LceBconv2d
+    if len(ins) != 5:
+        raise BnnError(f"{where}: expected 5 inputs, found {len(ins)}")
+    c = _lce_option(opts, "channels_in", where)
+    dh = _lce_option(opts, "dilation_height_factor", where)
+    dw = _lce_option(opts, "dilation_width_factor", where)
+    if (dh, dw) != (1, 1):
+        raise BnnError(f"{where}: dilation ({dh}, {dw}) is not supported; supported: 1")
+    padding = _lce_option(opts, "padding", where)
+    pad_value = _lce_option(opts, "pad_values", where)
+    act = _lce_option(opts, "fused_activation_function", where)
+    sh, sw = _lce_option(opts, "stride_height", where), _lce_option(opts, "stride_width", where)
+    if padding not in (0, 1):
+        raise BnnError(f"{where}: padding {padding}; supported: 0 (SAME), 1 (VALID)")
+    if pad_value not in (0, 1):
+        raise BnnError(f"{where}: pad_values {pad_value}; supported: 0, 1")
+    if act not in _LCE_ACT_RANGE:
+        raise BnnError(
+            f"{where}: fused activation {_ACTIVATION_NAMES.get(act, str(act))} is not supported; "
+            "supported: NONE, RELU, RELU_N1_TO_1, RELU6"
+        )
+    if c < 1 or sh < 1 or sw < 1:
+        raise BnnError(f"{where}: invalid channels_in {c} or strides ({sh}, {sw})")
+    _as_binary(graph, ins[0], c, where)
+    x = graph.tensors[ins[0]]
+    if len(x.shape) != 4:
+        raise BnnError(f"{where}: input {x.name!r} has shape {list(x.shape)}, expected NHWC")
+    w_name = _unpack_filters(graph, ins[1], c, where)
+    o, kh, kw, _ = graph.tensors[w_name].shape
+    k_all = kh * kw * c
+    if padding == 0:
+        top, bottom = same_pads(x.shape[1], kh, sh)
+        left, right = same_pads(x.shape[2], kw, sw)
+    else:
+        top = bottom = left = right = 0
+    attrs: dict[str, Any] = {
+        "strides": (sh, sw),
+        "dilations": (1, 1),
+        "pads": [top, bottom, left, right],
+        "pad_value": pad_value,
+    }
+    zero_padded = padding == 0 and pad_value == 0 and top + bottom + left + right > 0
+    if out.dtype == "int32":  # bitpacked output: bit = popcount > thresholds[o]
+        if zero_padded:
+            raise BnnError(
+                f"{where}: bitpacked output with zero padding (LCE 0.16's kernels refuse it); "
+                "supported: one padding or VALID"
+            )
+        th = _const(graph, ins[4], "thresholds", where).reshape(-1).astype(np.int64)
+        if th.size != o:
+            raise BnnError(f"{where}: {th.size} thresholds for {o} output channels")
+        _as_binary(graph, outs[0], o, where)
+        # p > th  <=>  acc = K - 2p < K - 2 * th
+        t = np.clip(k_all - 2 * th, -(2**31), 2**31 - 1).astype(np.int32)
+        t_name = graph.unique_name(f"{name}/threshold")
+        d_name = graph.unique_name(f"{name}/direction")
+        graph.add_tensor(Tensor(t_name, (o,), "int32", None, t))
+        graph.add_tensor(Tensor(d_name, (o,), "int8", None, np.ones(o, np.int8)))
+        attrs["output_transform"] = "threshold"
+        op = Op(name, "BinaryConv2D", [ins[0], w_name, t_name, d_name], list(outs), attrs)
+        _check_out_hw(graph.tensors[outs[0]], x, (kh, kw), attrs, where)
+        return op
+    if out.dtype not in ("float32", "int8"):
+        raise BnnError(f"{where}: output dtype {out.dtype}; supported: INT32, INT8, FLOAT32")
+    if zero_padded and (out.dtype != "float32" or act != 0):
+        raise BnnError(
+            f"{where}: zero padding with {out.dtype} output / a fused activation (LCE 0.16's "
+            "default kernels refuse it); supported: float output without fused activation"
+        )
+    m = _const(graph, ins[2], "post_activation_multiplier", where).reshape(-1)
+    b = _const(graph, ins[3], "post_activation_bias", where).reshape(-1)
+    if m.size != o or b.size != o:
+        raise BnnError(f"{where}: post_activation_multiplier/bias must have {o} elements")
+    s_out, zp_out = 1.0, 0.0
+    if out.dtype == "int8":
+        if out.quant is None or out.quant.scale.size != 1:
+            raise BnnError(f"{where}: int8 output {out.name!r} needs a per-tensor quantization")
+        s_out = float(np.float32(out.quant.scale[0]))
+        zp_out = float(out.quant.zero_point[0])
+    m64, b64 = m.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
+    mult = (-1.0 * m64 / s_out).astype(np.float32)
+    bias = ((b64 + float(k_all) * m64) / s_out + zp_out).astype(np.float32)
+    a_lo, a_hi = _LCE_ACT_RANGE[act]
+    a_lo, a_hi = max(a_lo, -k_all), min(a_hi, k_all)
+    m_name = graph.unique_name(f"{name}/lce_multiplier")
+    b_name = graph.unique_name(f"{name}/lce_bias")
+    graph.add_tensor(Tensor(m_name, (o,), "float32", None, mult))
+    graph.add_tensor(Tensor(b_name, (o,), "float32", None, bias))
+    attrs.update(
+        {
+            "output_transform": "lce",
+            "lce_k": k_all,
+            "lce_clamp": (k_all - a_hi, k_all - a_lo),
+            "lce_output": out.dtype,
+        }
+    )
+    _check_out_hw(out, x, (kh, kw), attrs, where)
+    if out.shape[-1] != o:
+        raise BnnError(f"{where}: output {out.name!r} has {out.shape[-1]} channels, expected {o}")
+    return Op(name, "BinaryConv2D", [ins[0], w_name, m_name, b_name], list(outs), attrs)
 
 
 def _readable_op_name(tensor_name: str) -> str:

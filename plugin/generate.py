@@ -58,7 +58,13 @@ _FORMATS = {
     "binary": "AI_BUFFER_FORMAT_U32",
 }
 ALIGN = 8
-_OUT_KINDS = ("BNN_OUT_TFLITE", "BNN_OUT_AFFINE", "BNN_OUT_FLOAT", "BNN_OUT_THRESHOLD")
+_OUT_KINDS = (
+    "BNN_OUT_TFLITE",
+    "BNN_OUT_AFFINE",
+    "BNN_OUT_FLOAT",
+    "BNN_OUT_THRESHOLD",
+    "BNN_OUT_LCE",
+)
 _ENUM_NAMES = {
     "kind": _OUT_KINDS,
     "float_activation": ("BNN_ACT_NONE", "BNN_ACT_RELU", "BNN_ACT_RELU6"),

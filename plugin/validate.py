@@ -291,6 +291,13 @@ def original_outputs(model: str, kind: str, graph: Graph, inputs: np.ndarray) ->
 
         m = load_keras_model(model)
         return np.asarray(m.predict(inputs.astype(np.float32), verbose=0), np.float64)
+    if kind == "tflite" and any(op.type in ("BinaryConv2D", "Bitpack") for op in graph.ops):
+        # Larq Compute Engine ops: only LCE's own interpreter runs them
+        import larq_compute_engine as lce
+
+        interp = lce.testing.Interpreter(Path(model).read_bytes(), num_threads=1)
+        ys = [np.asarray(interp.predict(x[None]))[0] for x in inputs]
+        return dequantized(graph, graph.outputs[0], np.stack(ys))
     if kind == "tflite":
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 

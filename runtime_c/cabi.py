@@ -72,6 +72,10 @@ STRUCTS: dict[str, list[tuple[str, str]]] = {
         ("t_threshold", "ptr:i32"),
         ("t_direction", "ptr:i8"),
         ("q_single_rounding", _I32),
+        ("lce_k", _I32),
+        ("lce_clamp_lo", _I32),
+        ("lce_clamp_hi", _I32),
+        ("lce_int8_output", _I32),
     ],
     "bnn_add_params_t": [
         ("kind", _I32),
@@ -95,7 +99,7 @@ STRUCTS: dict[str, list[tuple[str, str]]] = {
 }
 
 # enum values of bnn_types.h
-OUT_TFLITE, OUT_AFFINE, OUT_FLOAT, OUT_THRESHOLD = 0, 1, 2, 3
+OUT_TFLITE, OUT_AFFINE, OUT_FLOAT, OUT_THRESHOLD, OUT_LCE = 0, 1, 2, 3, 4
 ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
 ROUND_HALF_AWAY, ROUND_HALF_EVEN = 0, 1
 BNN_OK, BNN_ERROR_ARGUMENT, BNN_ERROR_SCRATCH = 0, -1, -2

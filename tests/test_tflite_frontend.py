@@ -391,7 +391,7 @@ def test_custom_op_rejected(conv_relu, tmp_path):
     def to_custom(model):
         oc = model.operatorCodes[_opcode(model, "CONV_2D")]
         oc.builtinCode = oc.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
-        oc.customCode = "LceBconv2d"
+        oc.customCode = "MyCustomOp"  # LCE's custom ops are read (tests/test_lce_input.py)
         model.subgraphs[0].operators[0].builtinOptionsType = 0
         model.subgraphs[0].operators[0].builtinOptions = None
 
@@ -399,8 +399,16 @@ def test_custom_op_rejected(conv_relu, tmp_path):
     with pytest.raises(BnnError) as e:
         load_tflite(path)
     msg = str(e.value)
-    assert msg.startswith(f"{path}: operator LceBconv2d (op #0) is not supported; supported: ")
+    assert msg.startswith(f"{path}: operator MyCustomOp (op #0) is not supported; supported: ")
     assert ", ".join(SUPPORTED_OPS) in msg
+
+    def to_lce(model):
+        to_custom(model)
+        model.operatorCodes[_opcode(model, "CUSTOM")].customCode = "LceBconv2d"
+
+    path = _write(tmp_path, "lce.tflite", _edit(buf, to_lce))
+    with pytest.raises(BnnError, match=r"op #0 \(LceBconv2d\): expected 5 inputs, found 3"):
+        load_tflite(path)
 
 
 def test_unsupported_builtin_rejected(conv_relu, tmp_path):

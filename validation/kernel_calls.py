@@ -34,6 +34,7 @@ from bnncube.runtime_c.cabi import (
     F32,
     OUT_AFFINE,
     OUT_FLOAT,
+    OUT_LCE,
     OUT_TFLITE,
     OUT_THRESHOLD,
     ROUND_HALF_AWAY,
@@ -132,6 +133,18 @@ def output_struct(graph: Graph, op: Op) -> Struct:
             kind=OUT_THRESHOLD,
             t_threshold=_const(graph, op, 2).reshape(-1),
             t_direction=_const(graph, op, 3).reshape(-1),
+        )
+    if transform == "lce" and op.type == "BinaryConv2D":
+        lo, hi = op.attrs["lce_clamp"]
+        return Struct(
+            "bnn_output_t",
+            kind=OUT_LCE,
+            f_scale=_const(graph, op, 2).reshape(-1),
+            f_offset=_const(graph, op, 3).reshape(-1),
+            lce_k=int(op.attrs["lce_k"]),
+            lce_clamp_lo=int(lo),
+            lce_clamp_hi=int(hi),
+            lce_int8_output=int(op.attrs.get("lce_output", "float32") == "int8"),
         )
     raise UnsupportedOp(f"op {op.name!r}: output transform {transform!r}")
 

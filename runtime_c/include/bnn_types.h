@@ -69,7 +69,13 @@ typedef enum {
     BNN_OUT_FLOAT = 2,
     /* bit o = acc < t_threshold[o] (direction 1), acc > t_threshold[o] (direction -1),
      * t_threshold[o] (direction 0); packed binary output */
-    BNN_OUT_THRESHOLD = 3
+    BNN_OUT_THRESHOLD = 3,
+    /* Larq Compute Engine (binary conv only): x = clamp(K - acc1, lce_clamp_lo, lce_clamp_hi)
+     * with acc1 the one-padded sum (K = lce_k taps x channels), y = f32(f32(f32(x) *
+     * f_scale[o]) + f_offset[o]); with zero padding, at a pixel whose window holds padded taps,
+     * y = f32(y + f32(f32(acc1 - acc0) * f_scale[o])); float32 output, or int8 output
+     * (lce_int8_output) clamp(round_half_away(y), -128, 127) */
+    BNN_OUT_LCE = 4
 } bnn_out_kind_t;
 
 typedef enum { BNN_ACT_NONE = 0, BNN_ACT_RELU = 1, BNN_ACT_RELU6 = 2 } bnn_activation_t;
@@ -98,6 +104,10 @@ typedef struct {
      * per-channel FULLY_CONNECTED reference kernel does; 0 = MultiplyByQuantizedMultiplier's
      * two roundings (conv, depthwise, per-tensor fully connected) */
     int32_t q_single_rounding;
+    /* BNN_OUT_LCE */
+    int32_t lce_k;
+    int32_t lce_clamp_lo, lce_clamp_hi;
+    int32_t lce_int8_output;
 } bnn_output_t;
 
 #ifdef __cplusplus

@@ -138,6 +138,12 @@ static bnn_status_t bnn_bconv2d_check_output(const bnn_output_t *output, int32_t
             }
         }
         return BNN_OK;
+    case BNN_OUT_LCE:
+        if (output->f_scale == NULL || output->f_offset == NULL ||
+            output->lce_clamp_lo > output->lce_clamp_hi || output->lce_k < 1) {
+            return BNN_ERROR_ARGUMENT;
+        }
+        return BNN_OK;
     default:
         return BNN_ERROR_ARGUMENT;
     }
@@ -209,6 +215,52 @@ static bnn_status_t bnn_bconv2d_check(const bnn_conv_params_t *params, const bnn
 }
 
 /* ---- output ----------------------------------------------------------------------------- */
+
+/* clamp(round_half_away(y), -128, 127) without libm (the fraction of |y| < 256 is exact). */
+static int8_t bnn_bconv2d_round_s8(float y)
+{
+    float m = y < 0.0f ? -y : y;
+    int32_t r;
+    if (!(m < 256.0f)) {
+        m = 256.0f; /* saturates either way (also inf) */
+    }
+    r = (int32_t)m;
+    if (m - (float)r >= 0.5f) {
+        r += 1;
+    }
+    return (int8_t)bnn_clamp(y < 0.0f ? -r : r, -128, 127);
+}
+
+/* BNN_OUT_LCE (bnn_types.h): acc1 the one-padded sums, acc0 the zero-padded ones (NULL: no
+ * padded tap in this window, or one padding). Each float operation is stored to a volatile
+ * float, so that it rounds on its own (no fused multiply-add). */
+static void bnn_bconv2d_emit_lce(const bnn_bconv2d_geom_t *g, const bnn_output_t *output,
+                                 int32_t pixel, int32_t o0, int32_t n, const int32_t *acc1,
+                                 const int32_t *acc0, void *out)
+{
+    int32_t k;
+    for (k = 0; k < n; ++k) {
+        int32_t o = o0 + k;
+        int64_t x = (int64_t)output->lce_k - acc1[k];
+        volatile float product;
+        volatile float y;
+        x = x < output->lce_clamp_lo ? output->lce_clamp_lo : x;
+        x = x > output->lce_clamp_hi ? output->lce_clamp_hi : x;
+        product = (float)x * output->f_scale[o];
+        y = product + output->f_offset[o];
+        if (acc0 != NULL) {
+            volatile float fix = (float)(acc1[k] - acc0[k]) * output->f_scale[o];
+            y = y + fix;
+        }
+        if (output->lce_int8_output) {
+            ((int8_t *)out)[(size_t)pixel * (size_t)g->o + (size_t)o] = bnn_bconv2d_round_s8(y);
+        } else {
+            float value = y;
+            memcpy((unsigned char *)out + ((size_t)pixel * (size_t)g->o + (size_t)o) * sizeof(float),
+                   &value, sizeof(float));
+        }
+    }
+}
 
 /* Output channels o0 .. o0 + n - 1 (n <= 32, o0 a multiple of 32) of output pixel `pixel`. */
 static void bnn_bconv2d_emit(const bnn_bconv2d_geom_t *g, const bnn_output_t *output,
@@ -536,7 +588,9 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
                          const uint32_t *filter, const bnn_dims_t *out_dims, void *out)
 {
     bnn_bconv2d_geom_t g;
+    bnn_bconv2d_geom_t g_one; /* the same geometry with one padding (BNN_OUT_LCE) */
     int32_t acc[BNN_BCONV2D_BLOCK];
+    int32_t acc_one[BNN_BCONV2D_BLOCK];
     int32_t y;
     int32_t x;
     int32_t o0;
@@ -545,13 +599,25 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
         BNN_OK) {
         return BNN_ERROR_ARGUMENT;
     }
+    g_one = g;
+    g_one.pad_value = 1;
     for (y = 0; y < g.oh; ++y) {
         for (x = 0; x < g.ow; ++x) {
             int32_t pixel = y * g.ow + x;
+            int32_t iy0 = y * g.sh - g.pt;
+            int32_t ix0 = x * g.sw - g.pl;
+            int border = iy0 < 0 || ix0 < 0 || iy0 + g.kh > g.h || ix0 + g.kw > g.w;
             for (o0 = 0; o0 < g.o; o0 += BNN_BCONV2D_BLOCK) {
                 int32_t n = g.o - o0 < BNN_BCONV2D_BLOCK ? g.o - o0 : BNN_BCONV2D_BLOCK;
                 bnn_bconv2d_pixel(&g, in, filter, y, x, o0, n, acc);
-                bnn_bconv2d_emit(&g, output, pixel, o0, n, acc, out);
+                if (output->kind != BNN_OUT_LCE) {
+                    bnn_bconv2d_emit(&g, output, pixel, o0, n, acc, out);
+                } else if (border && g.pad_value == 0) {
+                    bnn_bconv2d_pixel(&g_one, in, filter, y, x, o0, n, acc_one);
+                    bnn_bconv2d_emit_lce(&g, output, pixel, o0, n, acc_one, acc, out);
+                } else {
+                    bnn_bconv2d_emit_lce(&g, output, pixel, o0, n, acc, (const int32_t *)0, out);
+                }
             }
         }
     }
