@@ -316,10 +316,19 @@ def generate(
 @_generate_options
 @click.option(
     "--mode",
-    type=click.Choice(["host"]),
+    type=click.Choice(["host", "target"]),
     default="host",
     show_default=True,
-    help="host: build the generated C for this machine and run it.",
+    help="host: build the generated C for this machine and run it; target: cross-compile it "
+    "for the Cortex-M7 and run it in an emulator (see -d).",
+)
+@click.option(
+    "-d",
+    "--device",
+    type=click.Choice(["emu:unicorn", "emu:qemu"]),
+    default="emu:unicorn",
+    show_default=True,
+    help="With --mode target: Unicorn (exact instruction counts) or QEMU mps2-an500.",
 )
 @click.option("-vi", "--valinput", "valinput", default=None, help="Inputs: .npy or .npz [N, ...].")
 @click.option(
@@ -378,6 +387,7 @@ def validate(
     input_data_type: str | None,
     output_data_type: str | None,
     mode: str,
+    device: str,
     valinput: str | None,
     valoutput: str | None,
     batches: int,
@@ -421,6 +431,21 @@ def validate(
         inputs = load_inputs(valinput, graph)
     else:
         inputs = random_inputs(graph, batches, seed, value_range)
+    if mode == "target":
+        from bnncube.validation.target import (
+            format_target_report,
+            validate_target,
+            write_target_reports,
+        )
+
+        report = validate_target(
+            model, kind, graph, result, c_name, inputs, Path(workspace), device, valoutput
+        )
+        written = write_target_reports(report, Path(output), c_name, save_csv)
+        click.echo(format_target_report(report), nl=False)
+        click.echo("wrote " + ", ".join(str(p) for p in written))
+        check_bit_exact(report)
+        return
     report = validate_host(
         model, kind, graph, result, c_name, inputs, per_layer, Path(workspace), valoutput
     )
