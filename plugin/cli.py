@@ -46,6 +46,17 @@ def check_c_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """-d: emu:unicorn, emu:qemu or serial:PORT[:BAUD]."""
+    if value in ("emu:unicorn", "emu:qemu"):
+        return value
+    if value.startswith("serial:") and len(value) > len("serial:"):
+        return value
+    raise click.BadParameter(
+        f"{value!r} is not one of 'emu:unicorn', 'emu:qemu', 'serial:PORT[:BAUD]'"
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bnncube")
 def cli() -> None:
@@ -299,6 +310,7 @@ def generate(
         force=force,
         input_data_type=input_data_type,
         output_data_type=output_data_type,
+        firmware=target == "stm32h7",  # X-CUBE-AI/App and a standalone firmware project
     )
     graph = load_model(model, detect_type(model, model_type))
     result = generate_code(graph, options, model)
@@ -325,10 +337,12 @@ def generate(
 @click.option(
     "-d",
     "--device",
-    type=click.Choice(["emu:unicorn", "emu:qemu"]),
+    callback=_check_device,
     default="emu:unicorn",
     show_default=True,
-    help="With --mode target: Unicorn (exact instruction counts) or QEMU mps2-an500.",
+    help="With --mode target: emu:unicorn (exact instruction counts), emu:qemu (mps2-an500) or "
+    "serial:PORT[:BAUD] (a device running the serial validation firmware, "
+    "docs/serial-protocol.md).",
 )
 @click.option("-vi", "--valinput", "valinput", default=None, help="Inputs: .npy or .npz [N, ...].")
 @click.option(

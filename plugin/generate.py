@@ -82,6 +82,8 @@ class GenerateOptions:
     force: bool = False  # generate even when the network does not fit the target
     input_data_type: str | None = None  # None: the model's; float32 | int8 | uint8
     output_data_type: str | None = None
+    # also write X-CUBE-AI/App/ and firmware/ (plugin/firmware.py, docs/firmware.md); stm32h7 only
+    firmware: bool = False
 
 
 @dataclass
@@ -384,9 +386,14 @@ def generate_code(graph: Graph, options: GenerateOptions, model_path: str = "") 
     _check_fits(graph, options, weights_bytes, activations_bytes, model_path)
     report = _report(graph, options, plan, figures, c_types, weights_bytes, macc, model_path)
     files = _files(graph, options, emitter, weights, plan, report, macc)
-    return GenerateResult(
+    result = GenerateResult(
         files, graph, weights_bytes, activations_bytes, macc, report, plan, sorted(emitter.kernels)
     )
+    if options.firmware and options.target == "stm32h7":
+        from bnncube.firmware import firmware_files
+
+        files.update(firmware_files(result, options))
+    return result
 
 
 def _check_fits(
@@ -1082,7 +1089,9 @@ def write_generated(result: GenerateResult, output: str | Path) -> list[Path]:
         raise BnnError(f"option -o: cannot create {out}: {e.strerror}") from None
     try:
         for fname, text in sorted(result.files.items()):
-            (tmp / fname).write_text(text, encoding="utf-8")
+            path = tmp / fname  # names with "/" (X-CUBE-AI/App/..., firmware/...): subfolders
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
             old.rmdir()

@@ -132,10 +132,11 @@ def test_cli_generate_reproducible_and_reports(hybrid_h5: Path, tmp_path: Path, 
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
         assert main(["generate", "-m", str(hybrid_h5), "-o", str(out), "-q"]) == 0
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
+    names = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    assert names == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert "X-CUBE-AI/App/app_x-cube-ai.c" in names and "firmware/Makefile" in names
     for name in (
         "network.c",
         "network.h",
@@ -165,7 +166,7 @@ def test_generate_failure_leaves_previous_output(
 ) -> None:
     out = tmp_path / "gen"
     assert main(["generate", "-m", str(hybrid_h5), "-o", str(out), "-q"]) == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     from bnncube import generate as gen
 
     real_write = Path.write_text
@@ -182,7 +183,8 @@ def test_generate_failure_leaves_previous_output(
     with pytest.raises(OSError):
         gen.write_generated(result, out)
     monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
     assert [p.name for p in tmp_path.iterdir()] == ["gen"]  # no temporary folder left
 
 

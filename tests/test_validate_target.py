@@ -153,3 +153,27 @@ def test_instruction_budget_fails_not_hangs(
     err = capsys.readouterr().err
     assert rc == 1, err
     assert "instruction budget of 20000 exceeded" in err and "pc=0x" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["emu:unicorn", "emu:qemu"])
+@pytest.mark.parametrize("network", ["hybrid", "mnv2_i8"])
+def test_zoo_networks_ten_inputs(
+    network: str,
+    device: str,
+    hybrid_h5: Path,
+    mnv2_i8_tflite: Path,
+    tmp_path: Path,
+    record_property: Any,
+) -> None:
+    """The firmware of each zoo network on both emulated Cortex-M7 engines: 10 inputs, outputs
+    equal to the reference bit for bit."""
+    if device == "emu:qemu" and not em.qemu_available():
+        pytest.skip("qemu-system-arm is not installed (`make setup`)")
+    if device == "emu:unicorn":
+        _require_unicorn()
+    model = hybrid_h5 if network == "hybrid" else mnv2_i8_tflite
+    rc, report, _ = _validate(model, tmp_path, network, "-b", "10", "-d", device)
+    assert rc == 0 and report["bit_exact"] and report["n_inputs"] == 10
+    t = report["target"]
+    record_property("target", {k: t.get(k) for k in ("flash_bytes", "ram_bytes", "est_ms_480mhz")})

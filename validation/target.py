@@ -13,7 +13,11 @@ STM32H743 memory map (``arm-none-eabi-gcc -O2``, the DESIGN flags of
   layer index (r0) at every call;
 * in **QEMU** (``emu:qemu``): an ``mps2_an500`` firmware with the inputs compiled in prints each
   output over semihosting; instruction counts (whole firmware) come from the counting TCG plugin
-  when this QEMU accepts plugins.
+  when this QEMU accepts plugins;
+* on a **serial device** (``serial:PORT[:BAUD]``): a board (or QEMU with ``-serial pty``) running
+  the serial validation firmware (``runtime_c/target/bnn_serial.c``) of the same generated
+  network; each input is sent in a RUN frame and the output comes back
+  (:mod:`bnncube.validation.serial_protocol`, docs/serial-protocol.md).
 
 Outputs are compared bit for bit with the reference (``run_graph``) and with the original model
 (metrics), as ``--mode host`` does. Flash and RAM come from the production link (board
@@ -37,7 +41,7 @@ from bnncube.runtime_c.build import BuildError
 from bnncube.validation import emulator as em
 
 CLOCK_HZ = 480e6  # STM32H743 maximum core clock
-DEVICES = ("emu:unicorn", "emu:qemu")
+DEVICES = ("emu:unicorn", "emu:qemu")  # and serial:PORT[:BAUD]
 DEFAULT_BUDGET = 2_000_000_000  # instructions per call
 DEFAULT_TIMEOUT_S = 120.0  # per call (Unicorn) or per firmware run (QEMU)
 OBSERVER = "bnn_validate_layer_done"
@@ -367,6 +371,66 @@ def run_qemu(
 
 
 # --------------------------------------------------------------------------------------------
+# serial device
+# --------------------------------------------------------------------------------------------
+
+
+def run_serial(
+    device: str,
+    c_name: str,
+    graph: Graph,
+    inputs: np.ndarray,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> TargetRun:
+    """Send every input to the serial validation firmware on ``device`` (serial:PORT[:BAUD]),
+    after a HELLO that checks the network's name and I/O sizes."""
+    from bnncube.validation import serial_protocol as sp
+
+    port, baud = sp.parse_device(device)
+    in_t, out_t = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    out_dtype = np.dtype(_NP[out_t.dtype])
+    outputs = np.zeros((len(inputs),) + tuple(out_t.shape[1:]), out_dtype)
+    cycles: list[int] = []
+    attempts = 0
+    try:
+        with sp.SerialPort(port, baud) as transport:
+            client = sp.SerialClient(transport, timeout_s=timeout_s)
+            info = client.hello()
+            in_bytes = int(np.dtype(_NP[in_t.dtype]).itemsize * np.prod(in_t.shape[1:]))
+            if (info.name, info.in_size, info.out_size) != (c_name, in_bytes, out_t.nbytes):
+                raise ValidationFailed(
+                    f"target ({device}): the device serves network {info.name!r} "
+                    f"(input {info.in_size} B, output {info.out_size} B), not {c_name!r} "
+                    f"(input {in_bytes} B, output {out_t.nbytes} B): flash the serial "
+                    "validation firmware of this generated folder"
+                )
+            for i, x in enumerate(inputs):
+                result = client.run(np.ascontiguousarray(x, _NP[in_t.dtype]).tobytes())
+                attempts += result.attempts
+                if len(result.output) != out_t.nbytes:
+                    raise ValidationFailed(
+                        f"target ({device}): output {i} has {len(result.output)} bytes"
+                    )
+                outputs[i] = np.frombuffer(result.output, out_dtype).reshape(out_t.shape[1:])
+                if result.cycles is not None:
+                    cycles.append(result.cycles)
+    except sp.SerialProtocolError as exc:
+        raise ValidationFailed(f"target ({device}): {exc}") from None
+    extra: dict[str, Any] = {
+        "serial": {
+            "port": port,
+            "baud": baud,
+            "protocol_version": info.version,
+            "retries": attempts - len(inputs),
+        }
+    }
+    if cycles:
+        extra["cycles"] = {"mean": float(np.mean(cycles)), "per_inference": cycles}
+    return TargetRun(outputs, [], extra=extra)
+
+
+# --------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------
 
@@ -432,8 +496,18 @@ def validate_target(
     from bnncube.generate import write_generated
     from bnncube.validate import dequantized, metrics
 
-    if device not in DEVICES:
-        raise BnnError(f"option -d: unknown device {device!r}; one of {', '.join(DEVICES)}")
+    serial = device.startswith("serial:")
+    if device not in DEVICES and not serial:
+        raise BnnError(
+            f"option -d: unknown device {device!r}; one of {', '.join(DEVICES)}, serial:PORT[:BAUD]"
+        )
+    if serial:
+        from bnncube.validation.serial_protocol import parse_device
+
+        try:
+            parse_device(device)
+        except ValueError as e:
+            raise BnnError(f"option -d: {e}") from None
     if not em.toolchain_available():
         raise BnnError(
             f"--mode target: {em.ARM_GCC} is not installed; install it with `make setup` or "
@@ -454,7 +528,9 @@ def validate_target(
             f"target: the firmware does not build: {_build_error(exc)}"
         ) from None
     gen_report = generated.report
-    if unicorn:
+    if serial:
+        run = run_serial(device, c_name, graph, inputs, timeout_s=timeout_s)
+    elif unicorn:
         run = run_unicorn(
             build,
             graph,
@@ -487,6 +563,8 @@ def validate_target(
         "device": device,
         "board": "stm32h743 (Cortex-M7)"
         if unicorn
+        else "serial device; flash/RAM of the stm32h743 link"
+        if serial
         else "mps2-an500 (Cortex-M7); flash/RAM of the stm32h743 link",
         "elf": str(build.elf),
     }
@@ -560,6 +638,16 @@ def format_target_report(report: dict[str, Any]) -> str:
             f"est. time at 480 MHz: {t['est_ms_480mhz']:.1f} ms "
             "(ESTIMATE: 1 instruction per cycle, no caches/wait states)"
         )
+    cyc = t.get("cycles")
+    if cyc:
+        lines.append(
+            f"cycles per inference (device counter): {cyc['mean']:,.0f} ("
+            + ", ".join(f"{v:,}" for v in cyc["per_inference"][:8])
+            + ")"
+        )
+    if t.get("serial"):
+        s = t["serial"]
+        lines.append(f"serial: {s['port']} at {s['baud']} baud, {s['retries']} retries")
     if t.get("firmware_instructions") is not None:
         lines.append(f"instructions, whole firmware (QEMU plugin): {t['firmware_instructions']:,}")
     stack = t.get("stack_used_bytes")
