@@ -177,3 +177,26 @@ def test_zoo_networks_ten_inputs(
     assert rc == 0 and report["bit_exact"] and report["n_inputs"] == 10
     t = report["target"]
     record_property("target", {k: t.get(k) for k in ("flash_bytes", "ram_bytes", "est_ms_480mhz")})
+
+
+def test_arena_too_small_fails_with_pc(
+    small_h5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """An activations buffer with only 1 KiB left before the end of the AXI SRAM (0x24080000):
+    the first layer that writes past it faults, reported with the PC and the layer."""
+    _require_unicorn()
+    original = tg.build_target
+
+    def small_arena(*args: Any, **kwargs: Any) -> tg.TargetBuild:
+        define = "BNN_VALIDATE_ACTIVATIONS=0x2407FC00u"
+        kwargs["defines"] = (*kwargs.get("defines", ()), define)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tg, "build_target", small_arena)
+    # the input and output in the application's buffers: the kernels are the ones that overflow
+    args = ("-b", "1", "--no-inputs-allocation", "--no-outputs-allocation")
+    rc, _, _ = _validate(small_h5, tmp_path, "small", *args)
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "unmapped memory at address 0x2408" in err and "pc=0x08" in err
+    assert "layer(s) 0 (input_q)" in err

@@ -739,10 +739,23 @@ class UnicornBackend:
     # ---- memory helpers --------------------------------------------------------------------
 
     def read(self, address: int, size: int) -> bytes:
-        return bytes(self.uc.mem_read(address, size))
+        try:
+            return bytes(self.uc.mem_read(address, size))
+        except Exception as exc:  # unicorn.UcError: the range is not mapped
+            raise EmulatorError(
+                f"host read of {size} bytes at {address:#010x}: outside the mapped memory ({exc})",
+                kind="unmapped",
+            ) from None
 
     def write(self, address: int, data: bytes) -> None:
-        self.uc.mem_write(address, data)
+        try:
+            self.uc.mem_write(address, data)
+        except Exception as exc:  # unicorn.UcError: the range is not mapped
+            raise EmulatorError(
+                f"host write of {len(data)} bytes at {address:#010x}: outside the mapped memory "
+                f"({exc})",
+                kind="unmapped",
+            ) from None
 
     def read_symbol(self, name: str, size: int | None = None) -> bytes:
         """The current bytes of a symbol in emulated memory (its ELF size if ``size`` is None)."""

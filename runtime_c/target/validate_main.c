@@ -20,6 +20,8 @@
  *
  * Name selection: NETWORK_NAME, NETWORK_NAME_UPPER, NETWORK_HEADER (as examples/classify).
  * BNN_VALIDATE_WEIGHTS: an address passed as the weights handle (tests inject a bad pointer).
+ * BNN_VALIDATE_ACTIVATIONS: an address passed as the activations buffer (tests place an arena
+ * that is too small at the end of the AXI SRAM).
  */
 #include <stdint.h>
 #include <string.h>
@@ -54,7 +56,9 @@ int32_t bnn_validate_init(void);
 int main(void);
 
 /* the activations: in the big SRAM (.arena), 8-byte aligned as the API requires */
+#ifndef BNN_VALIDATE_ACTIVATIONS
 static ai_u8 s_activations[ACTIVATIONS_SIZE] __attribute__((section(".arena"), aligned(8)));
+#endif
 /* the application's input/output buffers, only with --no-inputs-allocation /
  * --no-outputs-allocation (NAME_config.h); in the big SRAM too */
 #if !AI_MACRO(_INPUTS_IN_ACTIVATIONS)
@@ -84,7 +88,11 @@ __attribute__((noinline)) void bnn_validate_layer_done(int layer, const void *da
 /* create the network; 0 on success, 1 + the error type otherwise */
 int32_t bnn_validate_init(void)
 {
+#ifdef BNN_VALIDATE_ACTIVATIONS /* tests: an arena at the given address (e.g. one too small) */
+    const ai_handle activations[] = {(ai_handle)(uintptr_t)(BNN_VALIDATE_ACTIVATIONS)};
+#else
     const ai_handle activations[] = {s_activations};
+#endif
     ai_error err;
 #ifdef BNN_VALIDATE_WEIGHTS
     const ai_handle weights[] = {(ai_handle)(uintptr_t)(BNN_VALIDATE_WEIGHTS)};
