@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import warnings
+from typing import Any
 
 import click
 
@@ -258,6 +259,24 @@ def _generate_options(fn):  # noqa: ANN001, ANN202
     return fn
 
 
+def _options_from(c_name: str, params: dict[str, Any], firmware: bool) -> Any:
+    """The GenerateOptions of the options `_generate_options` declares."""
+    from bnncube.generate import GenerateOptions
+
+    return GenerateOptions(
+        c_name=c_name,
+        optimization=params["optimization"],
+        split_weights=params["split_weights"],
+        inputs_allocation=not params["no_inputs_allocation"],
+        outputs_allocation=not params["no_outputs_allocation"],
+        target=params["target"],
+        force=params["force"],
+        input_data_type=params["input_data_type"],
+        output_data_type=params["output_data_type"],
+        firmware=firmware and params["target"] == "stm32h7",
+    )
+
+
 @cli.command()
 @_model_options
 @_generate_options
@@ -283,35 +302,18 @@ def generate(
     model: str,
     model_type: str | None,
     c_name: str,
-    optimization: str,
-    target: str,
-    split_weights: bool,
-    no_inputs_allocation: bool,
-    no_outputs_allocation: bool,
-    force: bool,
-    input_data_type: str | None,
-    output_data_type: str | None,
     output: str,
     workspace: str,
     quiet: bool,
+    **generate_params: Any,
 ) -> None:
     """Generate the C code of MODEL (legacy X-CUBE-AI API) with a planned activations buffer."""
     from bnncube.converters.loader import load_model
     from bnncube.converters.loader import model_type as detect_type
-    from bnncube.generate import GenerateOptions, generate_code, write_generated
+    from bnncube.generate import generate_code, write_generated
 
-    options = GenerateOptions(
-        c_name=c_name,
-        optimization=optimization,
-        split_weights=split_weights,
-        inputs_allocation=not no_inputs_allocation,
-        outputs_allocation=not no_outputs_allocation,
-        target=target,
-        force=force,
-        input_data_type=input_data_type,
-        output_data_type=output_data_type,
-        firmware=target == "stm32h7",  # X-CUBE-AI/App and a standalone firmware project
-    )
+    # stm32h7: X-CUBE-AI/App and a standalone firmware project too
+    options = _options_from(c_name, generate_params, firmware=True)
     graph = load_model(model, detect_type(model, model_type))
     result = generate_code(graph, options, model)
     written = write_generated(result, output)
@@ -392,14 +394,6 @@ def validate(
     model: str,
     model_type: str | None,
     c_name: str,
-    optimization: str,
-    target: str,
-    split_weights: bool,
-    no_inputs_allocation: bool,
-    no_outputs_allocation: bool,
-    force: bool,
-    input_data_type: str | None,
-    output_data_type: str | None,
     mode: str,
     device: str,
     valinput: str | None,
@@ -411,13 +405,14 @@ def validate(
     per_layer: bool,
     output: str,
     workspace: str,
+    **generate_params: Any,
 ) -> None:
     """Generate MODEL, run the C code on the host, compare with the reference and the model."""
     from pathlib import Path
 
     from bnncube.converters.loader import load_model
     from bnncube.converters.loader import model_type as detect_type
-    from bnncube.generate import GenerateOptions, generate_code
+    from bnncube.generate import generate_code
     from bnncube.validate import (
         check_bit_exact,
         format_validate_report,
@@ -428,17 +423,7 @@ def validate(
     )
 
     kind = detect_type(model, model_type)
-    options = GenerateOptions(
-        c_name=c_name,
-        optimization=optimization,
-        split_weights=split_weights,
-        inputs_allocation=not no_inputs_allocation,
-        outputs_allocation=not no_outputs_allocation,
-        target=target,
-        force=force,
-        input_data_type=input_data_type,
-        output_data_type=output_data_type,
-    )
+    options = _options_from(c_name, generate_params, firmware=False)
     result = generate_code(load_model(model, kind), options, model)
     graph = result.graph  # with the I/O types asked for
     if valinput is not None:

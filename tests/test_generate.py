@@ -369,3 +369,13 @@ def test_onnx_model_and_per_layer(hybrid_h5: Path, tmp_path: Path) -> None:
     assert report["layers_differing"] == {}
     (metrics,) = report["metrics"].values()
     assert metrics["vs_original"]["rmse"] == 0.0  # onnxruntime runs the same arithmetic
+
+
+def test_validate_bad_expected_outputs_and_device(hybrid_h5: Path, tmp_path: Path, capsys) -> None:
+    vo = tmp_path / "expected.npy"
+    np.save(vo, np.zeros((3, 7)))
+    out = tmp_path / "o"
+    base = ["validate", "-m", str(hybrid_h5), "-o", str(out), "-w", str(tmp_path / "w")]
+    _error(capsys, [*base, "-b", "2", "-vo", str(vo)], "option -vo", "expected 2 outputs")
+    _error(capsys, [*base, "--mode", "target", "-d", "bogus"], "--device", "serial:PORT")
+    assert not out.exists()
