@@ -42,12 +42,10 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
+# The face pipeline on synthetic identities (docs/demo.md): train, quantize, convert, generate,
+# validate on the host and the emulated Cortex-M7, compare; about 10 minutes on 2 cores.
 demo: setup
-	mkdir -p $(DEMO)
-	$(BIN)/bnncube zoo build hybrid -o $(DEMO)/hybrid.h5
-	$(BIN)/bnncube analyze -m $(DEMO)/hybrid.h5 -n hybrid -o $(DEMO) -q
-	$(BIN)/bnncube generate -m $(DEMO)/hybrid.h5 -n hybrid -o $(DEMO)/hybrid_c -q
-	$(BIN)/bnncube validate -m $(DEMO)/hybrid.h5 -n hybrid -b 20 -o $(DEMO) -w $(DEMO)/ws
+	$(BIN)/bnncube demo -o $(DEMO)
 
 bench: setup
 	$(BIN)/python bench/zoo_footprint.py --out bench/results

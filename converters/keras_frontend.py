@@ -41,10 +41,17 @@ def custom_objects() -> dict[str, Any]:
 
 
 def load_keras_model(path: str | Path) -> Any:
-    """Load a Keras/QKeras model file, turning every failure into a one-line BnnError."""
-    import tensorflow as tf
+    """Load a Keras/QKeras model file, turning every failure into a one-line BnnError (read once
+    per file inside ``loader.reading_each_file_once``)."""
+    from bnncube.converters.loader import cached
 
     path = Path(path)
+    return cached("keras", path, lambda: _load_keras_model(path), copied=False)
+
+
+def _load_keras_model(path: Path) -> Any:
+    import tensorflow as tf
+
     if not path.is_file():
         raise BnnError(f"{path}: no such file")
     if path.suffix.lower() == ".h5":

@@ -427,15 +427,28 @@ def _convert(model: Any, raw: bytes, p: Path, where: str) -> Graph:
 
     builtin = _builtin_names(schema)
     custom_code = schema.BuiltinOperator.CUSTOM
+    kinds: list[str] = []
     for k, op in enumerate(sg.operators or []):
         if not 0 <= op.opcodeIndex < len(model.operatorCodes or []):
             raise BnnError(f"{where}: op #{k} has an invalid opcode index {op.opcodeIndex}")
         oc = model.operatorCodes[op.opcodeIndex]
         code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
-        if code == custom_code:
-            kind = _text(oc.customCode) or "CUSTOM"
-        else:
-            kind = builtin.get(code, f"BUILTIN_{code}")
+        kinds.append(
+            _text(oc.customCode) or "CUSTOM"
+            if code == custom_code
+            else builtin.get(code, f"BUILTIN_{code}")
+        )
+    float_macs = _float_mac_chains(graph, sg, names, kinds)
+    inside_chains = {k for chain in float_macs.values() for k in chain[1:]}
+    for k, op in enumerate(sg.operators or []):
+        oc = model.operatorCodes[op.opcodeIndex]
+        code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
+        kind = kinds[k]
+        if k in inside_chains:
+            continue
+        if k in float_macs:
+            graph.add_op(_fuse_float_mac(graph, sg, names, kinds, float_macs[k], where))
+            continue
         if code == custom_code and kind in LCE_OPS:
             ins = [
                 names[int(i)] if i >= 0 else ""
@@ -471,6 +484,124 @@ def _convert(model: Any, raw: bytes, p: Path, where: str) -> Graph:
         raise BnnError(f"{where}: invalid graph ({e})") from e
     graph.prune()
     return graph
+
+
+# --------------------------------------------------------------------------------------------
+# int8 MAC ops with a float output, as bnncube's TFLite form writes them
+# --------------------------------------------------------------------------------------------
+
+_FLOAT_MAC_KINDS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+
+
+def _float_mac_chains(
+    graph: Graph, sg: Any, names: dict[int, str], kinds: list[str]
+) -> dict[int, tuple[int, int, int, int]]:
+    """``{k: (k, mac, mul, add)}`` for each chain DEQUANTIZE (int8, power-of-two scale) ->
+    float FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D (integer-valued int8-range weights, zero
+    bias, no activation) -> MUL (constant) -> ADD (constant): the exact form of an int8 MAC op
+    with a float output transform that ``tflite_export`` writes (docs/tflite-form.md). Each
+    intermediate tensor must feed only the next op of the chain."""
+    ops = list(sg.operators or [])
+    consumers: dict[int, list[int]] = {}
+    for k, op in enumerate(ops):
+        for i in op.inputs if op.inputs is not None else []:
+            if i >= 0:
+                consumers.setdefault(int(i), []).append(k)
+    outputs = {int(i) for i in (sg.outputs if sg.outputs is not None else [])}
+
+    def ins(k: int) -> list[int]:
+        return [int(i) for i in (ops[k].inputs if ops[k].inputs is not None else [])]
+
+    def single_next(k: int, kind: tuple[str, ...]) -> int | None:
+        outs = [int(i) for i in (ops[k].outputs if ops[k].outputs is not None else [])]
+        if len(outs) != 1 or outs[0] in outputs or len(consumers.get(outs[0], [])) != 1:
+            return None
+        nxt = consumers[outs[0]][0]
+        return nxt if kinds[nxt] in kind and ins(nxt) and ins(nxt)[0] == outs[0] else None
+
+    def const(i: int) -> np.ndarray | None:
+        return graph.tensors[names[i]].data if i >= 0 and i in names else None
+
+    def no_activation(k: int) -> bool:
+        opts = ops[k].builtinOptions
+        return int(getattr(opts, "fusedActivationFunction", 0) or 0) == 0
+
+    chains: dict[int, tuple[int, int, int, int]] = {}
+    for k, kind in enumerate(kinds):
+        if kind != "DEQUANTIZE" or not ins(k):
+            continue
+        x = graph.tensors[names[ins(k)[0]]]
+        if x.dtype != "int8" or x.quant is None or x.quant.is_per_channel:
+            continue
+        s_in = float(np.float32(x.quant.scale.reshape(-1)[0]))
+        if s_in <= 0 or math.frexp(s_in)[0] != 0.5:  # a power of two keeps it exact
+            continue
+        mac = single_next(k, _FLOAT_MAC_KINDS)
+        if mac is None or not no_activation(mac) or len(ins(mac)) < 2:
+            continue
+        w = const(ins(mac)[1])
+        bias = const(ins(mac)[2]) if len(ins(mac)) > 2 and ins(mac)[2] >= 0 else None
+        if (
+            w is None
+            or not np.all(np.isfinite(w))
+            or not np.array_equal(w, np.rint(w))
+            or w.min() < -128
+            or w.max() > 127
+            or (bias is not None and np.any(bias != 0))
+        ):
+            continue
+        mul = single_next(mac, ("MUL",))
+        if mul is None or not no_activation(mul) or len(ins(mul)) != 2:
+            continue
+        if const(ins(mul)[1]) is None:
+            continue
+        add = single_next(mul, ("ADD",))
+        if add is None or len(ins(add)) != 2 or const(ins(add)[1]) is None:
+            continue
+        chains[k] = (k, mac, mul, add)
+    return chains
+
+
+def _fuse_float_mac(
+    graph: Graph,
+    sg: Any,
+    names: dict[int, str],
+    kinds: list[str],
+    chain: tuple[int, int, int, int],
+    where: str,
+) -> Op:
+    """The IR op of one chain found by :func:`_float_mac_chains`: the MAC op on the int8 input
+    and int8 weights with ``output_transform = "float"``, ``scale = mul * input scale`` (exact:
+    a power of two) and ``offset = add``, and the ADD's activation."""
+    ops = list(sg.operators or [])
+    k, mac, mul, add = chain
+
+    def ins(j: int) -> list[str]:
+        return [names[int(i)] for i in (ops[j].inputs if ops[j].inputs is not None else [])]
+
+    x_name = ins(k)[0]
+    out_name = names[int(ops[add].outputs[0])]
+    here = f"{where}: op #{mac} ({kinds[mac]})"
+    # geometry and checks as for the op itself, on the int8 input
+    op = _convert_op(graph, kinds[mac], ops[mac].builtinOptions, [x_name, ins(mac)[1]],
+                     [names[int(ops[mac].outputs[0])]], here)  # fmt: skip
+    w = graph.tensors[ins(mac)[1]]
+    channels = int(w.shape[0] if kinds[mac] != "DEPTHWISE_CONV_2D" else w.shape[-1])
+    s_in = np.float32(graph.tensors[x_name].quant.scale.reshape(-1)[0])
+    scale = np.broadcast_to(np.asarray(graph.tensors[ins(mul)[1]].data, np.float32), (channels,))
+    offset = np.broadcast_to(np.asarray(graph.tensors[ins(add)[1]].data, np.float32), (channels,))
+    w_name = graph.add_const(f"{w.name}/int8", np.asarray(w.data).astype(np.int8), "int8",
+                             Quant.per_tensor(1.0, 0, "tflite"))  # fmt: skip
+    op.inputs = [
+        x_name,
+        w_name,
+        graph.add_const(f"{op.name}/scale", (scale * s_in).astype(np.float32), "float32"),
+        graph.add_const(f"{op.name}/offset", offset.astype(np.float32), "float32"),
+    ]
+    op.outputs = [out_name]
+    op.attrs["output_transform"] = "float"
+    op.attrs["activation"] = _activation(ops[add].builtinOptions, f"{where}: op #{add} (ADD)")
+    return op
 
 
 # --------------------------------------------------------------------------------------------

@@ -496,6 +496,103 @@ def zoo_build(network: str, output: str, seed: int, calib: str | None, calib_cou
     build(network, output, seed=seed, calib=calib, calib_count=calib_count, log=click.echo)
 
 
+@zoo.command("faces")
+@click.argument("output", metavar="DIR", type=click.Path(file_okay=False))
+@click.option(
+    "--identities",
+    default=40,
+    show_default=True,
+    type=click.IntRange(1, 100000),
+    help="Number of synthetic people.",
+)
+@click.option(
+    "--images",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 10000),
+    help="Images per person.",
+)
+@click.option(
+    "--pairs",
+    "pairs",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write an LFW-format pairs.txt here.",
+)
+@click.option("--folds", default=10, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--per-fold",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 100000),
+    help="Matched (and as many mismatched) pairs per fold.",
+)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+def zoo_faces(
+    output: str,
+    identities: int,
+    images: int,
+    pairs: str | None,
+    folds: int,
+    per_fold: int,
+    seed: int,
+) -> None:
+    """Write synthetic face-like identities in LFW's layout (a stand-in for real faces)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from bnncube.zoo.synthetic_faces import write_dataset, write_pairs
+
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BnnError(f"output {out}: exists and is not an empty folder; choose another")
+    pairs_path = Path(pairs) if pairs is not None else None
+    for folder in (out.parent, pairs_path.parent if pairs_path else None):
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise BnnError(f"cannot create folder {folder}: {e.strerror}") from None
+    # everything lands together or not at all: a too-small set for --pairs leaves nothing behind
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write_dataset(staging / "faces", identities, images, seed)
+        if pairs_path is not None:
+            try:
+                write_pairs(staging / "faces", staging / "pairs.txt", folds, per_fold, seed)
+            except BnnError as e:  # name the folder the user asked for, not the staging one
+                message = str(e).replace(str(staging / "faces"), str(out))
+                raise BnnError(f"option --pairs: {message}") from None
+        if out.exists():
+            out.rmdir()
+        (staging / "faces").rename(out)
+        if pairs_path is not None:
+            (staging / "pairs.txt").replace(pairs_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    click.echo(f"wrote {identities} synthetic identities x {images} images to {out} (seed {seed})")
+    if pairs_path is not None:
+        click.echo(
+            f"wrote {pairs_path} ({folds} folds x {per_fold} matched + {per_fold} mismatched pairs)"
+        )
+
+
+def _register_face_commands() -> None:
+    """The face pipeline's commands live in their own modules (cheap to import: no TensorFlow)."""
+    from bnncube.cmd_align import align
+    from bnncube.cmd_compare import compare
+    from bnncube.cmd_demo import demo
+    from bnncube.cmd_lfw import lfw
+    from bnncube.cmd_train import train
+
+    for command in (align, train, lfw, compare, demo):
+        cli.add_command(command)
+
+
+_register_face_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and an exit status."""
     try:

@@ -596,3 +596,33 @@ def test_save_is_atomic(qkeras_nets: dict[str, Path], tmp_path: Path) -> None:
     save_tflite(graph, path)
     back = load_model(path)  # the TFLite front end reads LCE's ops too
     assert any(op.type == "BinaryConv2D" for op in back.ops)
+
+
+def test_hybrid_form_reads_back(hybrid_h5: Path, tmp_path: Path) -> None:
+    """bnncube's own TFLite form of the hybrid loads again: its float Dense, written as
+    DEQUANTIZE -> FULLY_CONNECTED (float) -> MUL -> ADD, becomes the int8 Dense with the same
+    float output transform, bit for bit; the other ops read as any TFLite/LCE model does."""
+    graph = load_model(hybrid_h5)
+    path = save_tflite(graph, tmp_path / "hybrid.tflite")
+    back = load_model(path)
+    dense, dense_back = graph.ops[-1], back.ops[-1]
+    assert (dense.type, dense_back.type) == ("Dense", "Dense")
+    assert dense_back.attrs["output_transform"] == "float"
+    assert dense_back.attrs["activation"] == dense.attrs.get("activation", "none")
+    for i in range(4):  # input, weights, scale, offset
+        a, b = graph.tensors[dense.inputs[i]], back.tensors[dense_back.inputs[i]]
+        assert (a.dtype, a.shape) == (b.dtype, b.shape)
+        if a.data is not None:
+            assert np.asarray(a.data).tobytes() == np.asarray(b.data).tobytes(), a.name
+    # the chain became one op: the same op types lead to the Dense as in the original
+    assert [op.type for op in back.ops[-4:]] == [op.type for op in graph.ops[-4:]]
+    # the same input through both Dense ops: the same float32 bits
+    x = np.random.default_rng(5).integers(-128, 128, (1, 1280), dtype=np.int8)
+    outs = []
+    for g, op in ((graph, dense), (back, dense_back)):
+        single = _single_op_graph(g, op)
+        outs.append(run_graph(single, [x.reshape(single.tensors[single.inputs[0]].shape)]))
+    assert np.array_equal(
+        outs[0][graph.ops[-1].outputs[0]].view(np.uint32),
+        outs[1][back.ops[-1].outputs[0]].view(np.uint32),
+    )
