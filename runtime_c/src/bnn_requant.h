@@ -143,44 +143,27 @@ static inline int32_t bnn_mbqm_single(int32_t x, int32_t q, int32_t shift)
 
 /* ---- QKeras affine transform ------------------------------------------------------------ */
 
-/* round_half_even(t / 2^s), 1 <= s <= 62: the reference's
- *     (t + 2^(s-1) - 1 + ((t >> s) & 1)) >> s      (arithmetic shifts)
- * written without any intermediate that could overflow: with q = floor(t / 2^s) (bnn_asr64)
- * and r = t - q * 2^s in [0, 2^s) (the low s bits of t), the formula equals
- * q + floor((r + 2^(s-1) - 1 + (q & 1)) / 2^s), and the last term is 1 exactly when
- * r > 2^(s-1), or r == 2^(s-1) and q is odd. */
-static inline int64_t bnn_shift_round_half_even(int64_t t, int32_t s)
-{
-    int64_t q = bnn_asr64(t, s);
-    uint64_t r = (uint64_t)t & (((uint64_t)1 << s) - 1u);
-    uint64_t half = (uint64_t)1 << (s - 1);
-    if (r > half || (r == half && ((uint64_t)q & 1u) != 0u)) {
-        q += 1;
-    }
-    return q;
-}
-
 /* Bound on |B| accepted by the kernels: with |acc * M| <= 2^62 the sum acc * M + B cannot
  * overflow int64 (the lowering keeps |B| below 2^61). */
 #define BNN_AFFINE_OFFSET_LIMIT ((int64_t)1 << 62)
 
-/* clamp(round_half_even((acc * mult + offset) / 2^shift), lo, hi), 1 <= shift <= 62,
- * |offset| < 2^62 (so |t| < 2^63 for t = acc * mult + offset, one SMLAL on the Cortex-M7),
- * -2^31 <= lo <= hi < 2^31.
+/* clamp(round_half_even(t / 2^shift), lo, hi), 1 <= shift <= 62, -2^31 <= lo <= hi < 2^31;
+ * bnn_affine: t = acc * mult + offset with |offset| < 2^62 (so |t| < 2^63; one SMLAL on the
+ * Cortex-M7).
  *
- * Written on the two 32-bit halves of t = th * 2^32 + tl (th signed, tl unsigned), so that no
- * 64-bit shift by a variable amount is needed. With q = floor(t / 2^s) and r = t - q * 2^s the
- * remainder, the result is q + up, up = 1 exactly when r > 2^(s-1), or r == 2^(s-1) and q is
- * odd (bnn_shift_round_half_even). Clamping q first is exact: q >= hi gives hi either way, and
+ * The reference computes (t + 2^(s-1) - 1 + ((t >> s) & 1)) >> s (arithmetic shifts). With
+ * q = floor(t / 2^s) and r = t - q * 2^s in [0, 2^s), that is q + up, up = 1 exactly when
+ * r > 2^(s-1), or r == 2^(s-1) and q is odd. It is computed here on the two 32-bit halves of
+ * t = th * 2^32 + tl (th signed, tl unsigned), with no intermediate that can overflow and no
+ * 64-bit shift by a variable amount (a dozen instructions on the Cortex-M7). Clamping q first is exact: q >= hi gives hi either way, and
  * q < lo gives q + up <= lo, which clamps to lo.
  *  - s >= 32, k = s - 32: q = floor(th / 2^k); r = (th mod 2^k) * 2^32 + tl, compared with
  *    2^(s-1) through its high half (k >= 1), or as tl against 2^31 (k = 0).
  *  - s < 32: q = th * 2^(32 - s) + floor(tl / 2^s); it fits int32 iff
  *    -2^(s-1) <= th < 2^(s-1) (otherwise it is clamped at once); r = tl mod 2^s. */
-static inline int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, int32_t shift,
-                                 int32_t lo, int32_t hi)
+static inline int32_t bnn_round_shift_clamp(int64_t t64, int32_t shift, int32_t lo, int32_t hi)
 {
-    uint64_t t = (uint64_t)((int64_t)acc * (int64_t)mult + offset);
+    uint64_t t = (uint64_t)t64;
     uint32_t tl = (uint32_t)t;
     int32_t th = bnn_s32_from_u32((uint32_t)(t >> 32));
     int32_t q;
@@ -215,6 +198,12 @@ static inline int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, int3
         return lo;
     }
     return q + up;
+}
+
+static inline int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, int32_t shift,
+                                 int32_t lo, int32_t hi)
+{
+    return bnn_round_shift_clamp((int64_t)acc * (int64_t)mult + offset, shift, lo, hi);
 }
 
 /* ---- float transform -------------------------------------------------------------------- */
