@@ -21,7 +21,7 @@ from bnncube.runtime_c.build import build_host_library, sanitizer_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 # test files whose `backend` fixture honours SANITIZE_ENV (add the binary kernels' file here)
-TEST_FILES = ("tests/test_c_int8.py", "tests/test_c_binary.py")
+TEST_FILES = ("tests/test_c_int8.py", "tests/test_c_binary.py", "tests/test_c_affine.py")
 SANITIZE_ENV = "BNN_C_SANITIZE"  # read by the `backend` fixtures of TEST_FILES
 SANITIZER_MARKERS = ("runtime error", "AddressSanitizer")
 

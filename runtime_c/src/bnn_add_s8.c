@@ -63,8 +63,8 @@ bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8
             int64_t t = (int64_t)(a[i] - params->a_zero_point) * params->affine_mult[0] +
                         (int64_t)(b[i] - params->b_zero_point) * params->affine_mult[1] +
                         params->affine_offset;
-            out[i] = (int8_t)bnn_clamp(bnn_shift_round_half_even(t, params->affine_shift),
-                                       params->act_min, params->act_max);
+            out[i] = (int8_t)bnn_round_shift_clamp(t, params->affine_shift, params->act_min,
+                                                   params->act_max);
         }
         return BNN_OK;
     }

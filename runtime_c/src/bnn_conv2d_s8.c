@@ -38,6 +38,211 @@ int32_t bnn_conv2d_s8_scratch_size(const bnn_dims_t *in_dims, const bnn_dims_t *
     return 0;
 }
 
+#if BNN_USE_DSP
+/* One output element from the accumulator of channel o: the common store (any transform). */
+#define BNN_PW_STORE(acc, o, index) bnn_output_store_kind(kind, output, (o), (acc), out, (index))
+
+/* The 4 products of 4 int8 weights (word wv) with 4 expanded inputs (xl: (x0, x2), xh: (x1, x3),
+ * int16 halfwords minus the zero point) added to acc: SXTB16 twice and SMLAD twice. */
+static inline int32_t bnn_pw_mac4(int32_t acc, int32_t xl, int32_t xh, int32_t wv)
+{
+    acc = __smlad(xl, __sxtb16(wv), acc);
+    return __smlad(xh, bnn_sxtb16_ror8(wv), acc);
+}
+
+/* Pointwise (1x1, no padding) convolution, Cortex-M7: two output pixels by two output channels
+ * per step, so that each loaded and expanded input word serves two channels and each weight
+ * word two pixels (4 loads, 8 expansions and 8 SMLADs per 16 MACs). Same sums modulo 2^32 as
+ * bnn_dot_s8: bit-exact. */
+BNN_ALWAYS_INLINE void bnn_conv_1x1_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                         const bnn_output_t *output, const int8_t *in,
+                                         int32_t in_w, int32_t in_c, const int8_t *filter,
+                                         int32_t out_h, int32_t out_w, int32_t out_c, void *out)
+{
+    const int32_t npix = out_h * out_w;
+    const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
+    const int32_t zp = params->input_zero_point;
+    int32_t pix;
+    for (pix = 0; pix < npix; pix += 2) {
+        const int32_t two = pix + 1 < npix;
+        const int32_t y0 = pix / out_w, x0 = pix - y0 * out_w;
+        const int32_t y1 = two ? (pix + 1) / out_w : y0, x1 = two ? pix + 1 - y1 * out_w : x0;
+        const int8_t *in0 = in + (size_t)((y0 * params->stride_h * in_w + x0 * params->stride_w) *
+                                          in_c);
+        const int8_t *in1 = in + (size_t)((y1 * params->stride_h * in_w + x1 * params->stride_w) *
+                                          in_c);
+        const int32_t base0 = pix * out_c;
+        const int32_t base1 = base0 + out_c;
+        int32_t o = 0;
+        for (; o + 2 <= out_c; o += 2) {
+            const int8_t *w0 = filter + (size_t)o * (size_t)in_c;
+            const int8_t *w1 = w0 + in_c;
+            int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+            int32_t k = 0;
+            for (; k + 4 <= in_c; k += 4) {
+                int32_t xv0, xv1, wv0, wv1, x0l, x0h, x1l, x1h;
+                memcpy(&xv0, in0 + k, 4);
+                memcpy(&xv1, in1 + k, 4);
+                memcpy(&wv0, w0 + k, 4);
+                memcpy(&wv1, w1 + k, 4);
+                x0l = __sxtab16(neg_zp, xv0);
+                x0h = bnn_sxtab16_ror8(neg_zp, xv0);
+                x1l = __sxtab16(neg_zp, xv1);
+                x1h = bnn_sxtab16_ror8(neg_zp, xv1);
+                a00 = bnn_pw_mac4(a00, x0l, x0h, wv0);
+                a01 = bnn_pw_mac4(a01, x0l, x0h, wv1);
+                a10 = bnn_pw_mac4(a10, x1l, x1h, wv0);
+                a11 = bnn_pw_mac4(a11, x1l, x1h, wv1);
+            }
+            {
+                uint32_t u00 = (uint32_t)a00, u01 = (uint32_t)a01;
+                uint32_t u10 = (uint32_t)a10, u11 = (uint32_t)a11;
+                for (; k < in_c; ++k) {
+                    int32_t d0 = in0[k] - zp, d1 = in1[k] - zp;
+                    u00 += (uint32_t)(w0[k] * d0);
+                    u01 += (uint32_t)(w1[k] * d0);
+                    u10 += (uint32_t)(w0[k] * d1);
+                    u11 += (uint32_t)(w1[k] * d1);
+                }
+                BNN_PW_STORE(bnn_s32_from_u32(u00), o, base0 + o);
+                BNN_PW_STORE(bnn_s32_from_u32(u01), o + 1, base0 + o + 1);
+                if (two) {
+                    BNN_PW_STORE(bnn_s32_from_u32(u10), o, base1 + o);
+                    BNN_PW_STORE(bnn_s32_from_u32(u11), o + 1, base1 + o + 1);
+                }
+            }
+        }
+        if (o < out_c) { /* the last channel of an odd count */
+            const int8_t *w0 = filter + (size_t)o * (size_t)in_c;
+            BNN_PW_STORE(bnn_s32_from_u32(bnn_dot_s8(0u, in0, w0, in_c, zp)), o, base0 + o);
+            if (two) {
+                BNN_PW_STORE(bnn_s32_from_u32(bnn_dot_s8(0u, in1, w0, in_c, zp)), o, base1 + o);
+            }
+        }
+    }
+}
+#undef BNN_PW_STORE
+
+/* Largest window (KH * KW * C taps) the patch path takes: its int16 copy lives on the stack
+ * (BNN_PATCH_MAX * 2 bytes). Larger windows take the tap-by-tap path. */
+#define BNN_PATCH_MAX 288
+
+/* Convolution of a small window, Cortex-M7: for each output pixel the window is copied once
+ * into an int16 patch, x - zero point (taps in the padding are 0), with each group of 4 taps
+ * stored as (t0, t2, t1, t3) so that one 32-bit word pairs with SXTB16 of 4 weights and the
+ * other with SXTB16 ror 8; every output channel then reads it with 2 SMLADs per 4 taps, two
+ * channels per step. Same sums modulo 2^32 as the plain path: bit-exact. */
+BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                           const bnn_output_t *output, const int8_t *in,
+                                           int32_t in_h, int32_t in_w, int32_t in_c,
+                                           const int8_t *filter, int32_t kh, int32_t kw,
+                                           int32_t out_h, int32_t out_w, int32_t out_c, void *out)
+{
+    static const uint8_t slot[4] = {0, 2, 1, 3};
+    union { /* word access to pairs of taps (type punning through a union: C99 TC3) */
+        int32_t word[BNN_PATCH_MAX / 2];
+        int16_t tap[BNN_PATCH_MAX];
+    } p;
+    const int32_t taps = kh * kw * in_c;
+    const int32_t groups = taps / 4;
+    const int32_t zp = params->input_zero_point;
+    int32_t oy, ox;
+    for (oy = 0; oy < out_h; ++oy) {
+        const int32_t y0 = oy * params->stride_h - params->pad_top;
+        for (ox = 0; ox < out_w; ++ox) {
+            const int32_t x0 = ox * params->stride_w - params->pad_left;
+            const int32_t base = (oy * out_w + ox) * out_c;
+            int32_t i, j, c, k = 0, o = 0;
+            for (i = 0; i < kh; ++i) {
+                const int32_t iy = y0 + i * params->dilation_h;
+                for (j = 0; j < kw; ++j) {
+                    const int32_t ix = x0 + j * params->dilation_w;
+                    const int inside = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
+                    const int8_t *src = in + (inside ? (size_t)((iy * in_w + ix) * in_c) : 0u);
+                    for (c = 0; c < in_c; ++c, ++k) {
+                        const int32_t at = k < 4 * groups ? (k & ~3) + slot[k & 3] : k;
+                        p.tap[at] = (int16_t)(inside ? src[c] - zp : 0);
+                    }
+                }
+            }
+            for (; o + 2 <= out_c; o += 2) {
+                const int8_t *w0 = filter + (size_t)o * (size_t)taps;
+                const int8_t *w1 = w0 + taps;
+                int32_t a0 = 0, a1 = 0, g;
+                uint32_t u0, u1;
+                for (g = 0; g < groups; ++g) {
+                    int32_t wv0, wv1;
+                    const int32_t xl = p.word[2 * g], xh = p.word[2 * g + 1];
+                    memcpy(&wv0, w0 + 4 * g, 4);
+                    memcpy(&wv1, w1 + 4 * g, 4);
+                    a0 = bnn_pw_mac4(a0, xl, xh, wv0);
+                    a1 = bnn_pw_mac4(a1, xl, xh, wv1);
+                }
+                u0 = (uint32_t)a0;
+                u1 = (uint32_t)a1;
+                for (k = 4 * groups; k < taps; ++k) {
+                    const int32_t x = p.tap[k]; /* the tail (< 4 taps) is stored in order */
+                    u0 += (uint32_t)(w0[k] * x);
+                    u1 += (uint32_t)(w1[k] * x);
+                }
+                bnn_output_store_kind(kind, output, o, bnn_s32_from_u32(u0), out, base + o);
+                bnn_output_store_kind(kind, output, o + 1, bnn_s32_from_u32(u1), out,
+                                      base + o + 1);
+            }
+            if (o < out_c) {
+                const int8_t *w0 = filter + (size_t)o * (size_t)taps;
+                int32_t a0 = 0, g;
+                uint32_t u0;
+                for (g = 0; g < groups; ++g) {
+                    int32_t wv0;
+                    memcpy(&wv0, w0 + 4 * g, 4);
+                    a0 = bnn_pw_mac4(a0, p.word[2 * g], p.word[2 * g + 1], wv0);
+                }
+                u0 = (uint32_t)a0;
+                for (k = 4 * groups; k < taps; ++k) {
+                    u0 += (uint32_t)(w0[k] * p.tap[k]);
+                }
+                bnn_output_store_kind(kind, output, o, bnn_s32_from_u32(u0), out, base + o);
+            }
+        }
+    }
+}
+
+static void bnn_conv_patch_dsp(const bnn_conv_params_t *params, const bnn_output_t *output,
+                               const int8_t *in, int32_t in_h, int32_t in_w, int32_t in_c,
+                               const int8_t *filter, int32_t kh, int32_t kw, int32_t out_h,
+                               int32_t out_w, int32_t out_c, void *out)
+{
+    if (output->kind == BNN_OUT_AFFINE) {
+        bnn_conv_patch_body(BNN_OUT_AFFINE, params, output, in, in_h, in_w, in_c, filter, kh, kw,
+                            out_h, out_w, out_c, out);
+    } else if (output->kind == BNN_OUT_TFLITE) {
+        bnn_conv_patch_body(BNN_OUT_TFLITE, params, output, in, in_h, in_w, in_c, filter, kh, kw,
+                            out_h, out_w, out_c, out);
+    } else {
+        bnn_conv_patch_body(BNN_OUT_FLOAT, params, output, in, in_h, in_w, in_c, filter, kh, kw,
+                            out_h, out_w, out_c, out);
+    }
+}
+
+/* bnn_conv_1x1_body compiled once per output transform (the store inlined in the loop). */
+static void bnn_conv_1x1_dsp(const bnn_conv_params_t *params, const bnn_output_t *output,
+                             const int8_t *in, int32_t in_w, int32_t in_c, const int8_t *filter,
+                             int32_t out_h, int32_t out_w, int32_t out_c, void *out)
+{
+    if (output->kind == BNN_OUT_AFFINE) {
+        bnn_conv_1x1_body(BNN_OUT_AFFINE, params, output, in, in_w, in_c, filter, out_h, out_w,
+                          out_c, out);
+    } else if (output->kind == BNN_OUT_TFLITE) {
+        bnn_conv_1x1_body(BNN_OUT_TFLITE, params, output, in, in_w, in_c, filter, out_h, out_w,
+                          out_c, out);
+    } else {
+        bnn_conv_1x1_body(BNN_OUT_FLOAT, params, output, in, in_w, in_c, filter, out_h, out_w,
+                          out_c, out);
+    }
+}
+#endif
+
 bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
                            const bnn_output_t *output, const bnn_dims_t *in_dims,
                            const int8_t *in, const bnn_dims_t *filter_dims, const int8_t *filter,
@@ -76,6 +281,17 @@ bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *pa
         return BNN_ERROR_ARGUMENT;
     }
 
+#if BNN_USE_DSP
+    if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
+        bnn_conv_1x1_dsp(params, output, in, in_w, in_c, filter, out_h, out_w, out_c, out);
+        return BNN_OK;
+    }
+    if (filter_size * in_c <= BNN_PATCH_MAX) {
+        bnn_conv_patch_dsp(params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w,
+                           out_c, out);
+        return BNN_OK;
+    }
+#endif
     for (oy = 0; oy < out_h; ++oy) {
         int32_t y0 = oy * params->stride_h - params->pad_top;
         int32_t i_first, i_last;

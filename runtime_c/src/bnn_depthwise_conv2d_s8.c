@@ -49,44 +49,17 @@ static int32_t depthwise_acc(const int8_t *in, const int8_t *filter, int32_t in_
     return bnn_s32_from_u32(acc);
 }
 
-bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
-                                     const bnn_output_t *output, const bnn_dims_t *in_dims,
-                                     const int8_t *in, const bnn_dims_t *filter_dims,
-                                     const int8_t *filter, const bnn_dims_t *out_dims, void *out)
+/* The loops of bnn_depthwise_conv2d_s8 (arguments checked), compiled once per output
+ * transform so that the store is inlined. */
+BNN_ALWAYS_INLINE void depthwise_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                      const bnn_output_t *output, const int8_t *in,
+                                      int32_t in_h, int32_t in_w, int32_t in_c,
+                                      const int8_t *filter, int32_t kh, int32_t kw,
+                                      int32_t out_h, int32_t out_w, int32_t channels,
+                                      int32_t mult, void *out)
 {
-    int32_t in_h, in_w, in_c, kh, kw, out_h, out_w, channels, mult, zp;
+    const int32_t zp = params->input_zero_point;
     int32_t oy, ox;
-    int64_t filter_size;
-    (void)ctx;
-
-    if (params == NULL || in == NULL || filter_dims == NULL || filter == NULL || out == NULL ||
-        !bnn_dims_ok(in_dims) || !bnn_dims_ok(out_dims)) {
-        return BNN_ERROR_ARGUMENT;
-    }
-    in_h = in_dims->h;
-    in_w = in_dims->w;
-    in_c = in_dims->c;
-    kh = filter_dims->h;
-    kw = filter_dims->w;
-    out_h = out_dims->h;
-    out_w = out_dims->w;
-    channels = out_dims->c;
-    mult = params->depth_multiplier;
-    zp = params->input_zero_point;
-    if (mult <= 0 || (int64_t)in_c * mult != channels || filter_dims->n != 1 ||
-        filter_dims->c != channels || kh <= 0 || kw <= 0 || !bnn_zero_point_ok(zp) ||
-        !bnn_window_ok(in_h, out_h, kh, params->stride_h, params->dilation_h, params->pad_top) ||
-        !bnn_window_ok(in_w, out_w, kw, params->stride_w, params->dilation_w, params->pad_left)) {
-        return BNN_ERROR_ARGUMENT;
-    }
-    filter_size = (int64_t)kh * kw;
-    if (filter_size > INT32_MAX || filter_size * channels > INT32_MAX) {
-        return BNN_ERROR_ARGUMENT;
-    }
-    if (bnn_output_check(output, channels) != BNN_OK) {
-        return BNN_ERROR_ARGUMENT;
-    }
-
     for (oy = 0; oy < out_h; ++oy) {
         int32_t y0 = oy * params->stride_h - params->pad_top;
         int32_t i_first, i_last;
@@ -124,10 +97,10 @@ bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_pa
                             acc3 = __smlatt(x13, w13, acc3);
                         }
                     }
-                    bnn_output_store(output, oc, acc0, out, out_index + oc);
-                    bnn_output_store(output, oc + 1, acc1, out, out_index + oc + 1);
-                    bnn_output_store(output, oc + 2, acc2, out, out_index + oc + 2);
-                    bnn_output_store(output, oc + 3, acc3, out, out_index + oc + 3);
+                    bnn_output_store_kind(kind, output, oc, acc0, out, out_index + oc);
+                    bnn_output_store_kind(kind, output, oc + 1, acc1, out, out_index + oc + 1);
+                    bnn_output_store_kind(kind, output, oc + 2, acc2, out, out_index + oc + 2);
+                    bnn_output_store_kind(kind, output, oc + 3, acc3, out, out_index + oc + 3);
                 }
             }
 #endif
@@ -135,9 +108,58 @@ bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_pa
                 int32_t acc = depthwise_acc(in, filter, in_w, in_c, kw, channels, mult, zp, y0,
                                             x0, params->dilation_h, params->dilation_w, i_first,
                                             i_last, j_first, j_last, oc);
-                bnn_output_store(output, oc, acc, out, out_index + oc);
+                bnn_output_store_kind(kind, output, oc, acc, out, out_index + oc);
             }
         }
+    }
+}
+
+bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                     const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                     const int8_t *in, const bnn_dims_t *filter_dims,
+                                     const int8_t *filter, const bnn_dims_t *out_dims, void *out)
+{
+    int32_t in_h, in_w, in_c, kh, kw, out_h, out_w, channels, mult, zp;
+    int64_t filter_size;
+    (void)ctx;
+
+    if (params == NULL || in == NULL || filter_dims == NULL || filter == NULL || out == NULL ||
+        !bnn_dims_ok(in_dims) || !bnn_dims_ok(out_dims)) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    in_h = in_dims->h;
+    in_w = in_dims->w;
+    in_c = in_dims->c;
+    kh = filter_dims->h;
+    kw = filter_dims->w;
+    out_h = out_dims->h;
+    out_w = out_dims->w;
+    channels = out_dims->c;
+    mult = params->depth_multiplier;
+    zp = params->input_zero_point;
+    if (mult <= 0 || (int64_t)in_c * mult != channels || filter_dims->n != 1 ||
+        filter_dims->c != channels || kh <= 0 || kw <= 0 || !bnn_zero_point_ok(zp) ||
+        !bnn_window_ok(in_h, out_h, kh, params->stride_h, params->dilation_h, params->pad_top) ||
+        !bnn_window_ok(in_w, out_w, kw, params->stride_w, params->dilation_w, params->pad_left)) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    filter_size = (int64_t)kh * kw;
+    if (filter_size > INT32_MAX || filter_size * channels > INT32_MAX) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    if (bnn_output_check(output, channels) != BNN_OK) {
+        return BNN_ERROR_ARGUMENT;
+    }
+
+    if (output->kind == BNN_OUT_AFFINE) {
+        depthwise_body(BNN_OUT_AFFINE, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
+                       out_w, channels, mult, out);
+    } else if (output->kind == BNN_OUT_TFLITE) {
+        depthwise_body(BNN_OUT_TFLITE, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
+                       out_w, channels, mult, out);
+    } else {
+        depthwise_body(BNN_OUT_FLOAT, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
+                       out_w, channels, mult, out);
     }
     return BNN_OK;
 }

@@ -35,6 +35,13 @@
 #define BNN_USE_DSP 0
 #endif
 
+/* Inline even where the compiler would not (hot helpers of the kernels' inner loops). */
+#if defined(__GNUC__)
+#define BNN_ALWAYS_INLINE static inline __attribute__((always_inline))
+#else
+#define BNN_ALWAYS_INLINE static inline
+#endif
+
 #define BNN_INT8_MIN (-128)
 #define BNN_INT8_MAX 127
 
@@ -136,33 +143,67 @@ static inline int32_t bnn_mbqm_single(int32_t x, int32_t q, int32_t shift)
 
 /* ---- QKeras affine transform ------------------------------------------------------------ */
 
-/* round_half_even(t / 2^s), 1 <= s <= 62: the reference's
- *     (t + 2^(s-1) - 1 + ((t >> s) & 1)) >> s      (arithmetic shifts)
- * written without any intermediate that could overflow: with q = floor(t / 2^s) (bnn_asr64)
- * and r = t - q * 2^s in [0, 2^s) (the low s bits of t), the formula equals
- * q + floor((r + 2^(s-1) - 1 + (q & 1)) / 2^s), and the last term is 1 exactly when
- * r > 2^(s-1), or r == 2^(s-1) and q is odd. */
-static inline int64_t bnn_shift_round_half_even(int64_t t, int32_t s)
-{
-    int64_t q = bnn_asr64(t, s);
-    uint64_t r = (uint64_t)t & (((uint64_t)1 << s) - 1u);
-    uint64_t half = (uint64_t)1 << (s - 1);
-    if (r > half || (r == half && ((uint64_t)q & 1u) != 0u)) {
-        q += 1;
-    }
-    return q;
-}
-
 /* Bound on |B| accepted by the kernels: with |acc * M| <= 2^62 the sum acc * M + B cannot
  * overflow int64 (the lowering keeps |B| below 2^61). */
 #define BNN_AFFINE_OFFSET_LIMIT ((int64_t)1 << 62)
 
-/* clamp(round_half_even((acc * mult + offset) / 2^shift), lo, hi) */
+/* clamp(round_half_even(t / 2^shift), lo, hi), 1 <= shift <= 62, -2^31 <= lo <= hi < 2^31;
+ * bnn_affine: t = acc * mult + offset with |offset| < 2^62 (so |t| < 2^63; one SMLAL on the
+ * Cortex-M7).
+ *
+ * The reference computes (t + 2^(s-1) - 1 + ((t >> s) & 1)) >> s (arithmetic shifts). With
+ * q = floor(t / 2^s) and r = t - q * 2^s in [0, 2^s), that is q + up, up = 1 exactly when
+ * r > 2^(s-1), or r == 2^(s-1) and q is odd. It is computed here on the two 32-bit halves of
+ * t = th * 2^32 + tl (th signed, tl unsigned), with no intermediate that can overflow and no
+ * 64-bit shift by a variable amount (a dozen instructions on the Cortex-M7). Clamping q first is exact: q >= hi gives hi either way, and
+ * q < lo gives q + up <= lo, which clamps to lo.
+ *  - s >= 32, k = s - 32: q = floor(th / 2^k); r = (th mod 2^k) * 2^32 + tl, compared with
+ *    2^(s-1) through its high half (k >= 1), or as tl against 2^31 (k = 0).
+ *  - s < 32: q = th * 2^(32 - s) + floor(tl / 2^s); it fits int32 iff
+ *    -2^(s-1) <= th < 2^(s-1) (otherwise it is clamped at once); r = tl mod 2^s. */
+static inline int32_t bnn_round_shift_clamp(int64_t t64, int32_t shift, int32_t lo, int32_t hi)
+{
+    uint64_t t = (uint64_t)t64;
+    uint32_t tl = (uint32_t)t;
+    int32_t th = bnn_s32_from_u32((uint32_t)(t >> 32));
+    int32_t q;
+    int up;
+    if (shift >= 32) {
+        int32_t k = shift - 32;
+        q = bnn_asr32(th, k);
+        if (k == 0) {
+            up = tl > 0x80000000u || (tl == 0x80000000u && ((uint32_t)q & 1u) != 0u);
+        } else {
+            uint32_t rh = (uint32_t)th & (((uint32_t)1 << k) - 1u);
+            uint32_t half = (uint32_t)1 << (k - 1);
+            up = rh > half || (rh == half && (tl != 0u || ((uint32_t)q & 1u) != 0u));
+        }
+    } else {
+        int32_t limit = (int32_t)1 << (shift - 1); /* shift <= 31: at most 2^30 */
+        uint32_t r = tl & (((uint32_t)1 << shift) - 1u);
+        uint32_t half = (uint32_t)1 << (shift - 1);
+        if (th >= limit) {
+            return hi;
+        }
+        if (th < -limit) {
+            return lo;
+        }
+        q = bnn_s32_from_u32(((uint32_t)th << (32 - shift)) + (tl >> shift));
+        up = r > half || (r == half && ((uint32_t)q & 1u) != 0u);
+    }
+    if (q >= hi) {
+        return hi;
+    }
+    if (q < lo) {
+        return lo;
+    }
+    return q + up;
+}
+
 static inline int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, int32_t shift,
                                  int32_t lo, int32_t hi)
 {
-    int64_t t = (int64_t)acc * (int64_t)mult + offset;
-    return bnn_clamp(bnn_shift_round_half_even(t, shift), lo, hi);
+    return bnn_round_shift_clamp((int64_t)acc * (int64_t)mult + offset, shift, lo, hi);
 }
 
 /* ---- float transform -------------------------------------------------------------------- */
@@ -256,10 +297,10 @@ static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t 
  *           act_max)
  *   FLOAT:  f32(f32(f32(acc) * f_scale[o]) + f_offset[o]), then float_activation
  * Float outputs are stored with memcpy: `out` needs no particular alignment. */
-static inline void bnn_output_store(const bnn_output_t *output, int32_t o, int32_t acc, void *out,
-                                    int32_t index)
+BNN_ALWAYS_INLINE void bnn_output_store_kind(bnn_out_kind_t kind, const bnn_output_t *output,
+                                             int32_t o, int32_t acc, void *out, int32_t index)
 {
-    if (output->kind == BNN_OUT_TFLITE) {
+    if (kind == BNN_OUT_TFLITE) {
         uint32_t biased = (uint32_t)acc;
         int32_t scaled;
         if (output->bias != NULL) {
@@ -271,7 +312,7 @@ static inline void bnn_output_store(const bnn_output_t *output, int32_t o, int32
                      : bnn_mbqm(bnn_s32_from_u32(biased), output->q_mult[o], output->q_shift[o]);
         ((int8_t *)out)[index] = (int8_t)bnn_clamp((int64_t)scaled + output->out_zero_point,
                                                    output->act_min, output->act_max);
-    } else if (output->kind == BNN_OUT_AFFINE) {
+    } else if (kind == BNN_OUT_AFFINE) {
         ((int8_t *)out)[index] =
             (int8_t)bnn_affine(acc, output->a_mult[o], output->a_offset[o], output->a_shift[o],
                                output->act_min, output->act_max);
@@ -280,6 +321,14 @@ static inline void bnn_output_store(const bnn_output_t *output, int32_t o, int32
                                       output->float_activation);
         memcpy((unsigned char *)out + (size_t)index * sizeof(float), &y, sizeof(float));
     }
+}
+
+/* bnn_output_store_kind for output->kind (a call; kernels whose inner loop is specialised per
+ * kind call bnn_output_store_kind with a constant kind instead). */
+static inline void bnn_output_store(const bnn_output_t *output, int32_t o, int32_t acc, void *out,
+                                    int32_t index)
+{
+    bnn_output_store_kind(output->kind, output, o, acc, out, index);
 }
 
 /* ---- argument checks -------------------------------------------------------------------- */
