@@ -31,7 +31,9 @@ pytestmark = [
     ),
 ]
 
-HYBRID_BUDGET = 90e6  # instructions per inference (88.2 M expected by the brief; 87.17 M measured)
+# instructions per inference: 49.18 M measured (87.17 M before issue 8's first kernel work);
+# 2% for compiler differences
+HYBRID_BUDGET = 50.2e6
 
 
 def _require_unicorn() -> None:
@@ -84,7 +86,7 @@ def test_hybrid_unicorn(hybrid_h5: Path, tmp_path: Path, record_property: Any) -
     record_property("hybrid_instructions", per)
     record_property("hybrid_flash_ram", (t["flash_bytes"], t["ram_bytes"]))
     assert len(per) == 2
-    assert 80e6 < t["instructions"]["mean"] < HYBRID_BUDGET
+    assert 30e6 < t["instructions"]["mean"] < HYBRID_BUDGET  # a real count, within budget
     assert t["est_ms_480mhz"] == pytest.approx(t["instructions"]["mean"] / 480e3)
     assert t["flash_bytes"] > t["weights_bytes"] == report["weights_bytes"]
     assert t["ram_bytes"] >= t["arena_bytes"] >= report["activations_bytes"]

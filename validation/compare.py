@@ -226,18 +226,18 @@ def _records(pair_list: list[Any], pair_index: list[tuple[int | None, int | None
 
 def _check_evaluable(records: list[Any], data: Path, pairs: Path) -> None:
     """The protocol needs pairs with both images in two folds or more, matched and mismatched."""
-    usable = [r for r in records if r[0] is not None and r[1] is not None]
-    if not usable:
+    from bnncube.validation.embeddings import pair_coverage
+
+    n, folds, both = pair_coverage(records)
+    if n == 0:
         raise BnnError(
             f"option --data: {data}: none of the pairs of {pairs} has both images there "
             "(expected DIR/Name/Name_0001.jpg)"
         )
-    folds = {r[3] for r in usable}
-    kinds = {r[2] for r in usable}
-    if len(folds) < 2 or len(kinds) < 2:
+    if folds < 2 or not both:
         raise BnnError(
-            f"option --pairs: {pairs}: {len(usable)} pairs with both images under {data}, in "
-            f"{len(folds)} fold(s), {'both kinds' if len(kinds) > 1 else 'all of one kind'}; "
+            f"option --pairs: {pairs}: {n} pairs with both images under {data}, in "
+            f"{folds} fold(s), {'both kinds' if both else 'all of one kind'}; "
             "the protocol needs two folds or more and matched and mismatched pairs"
         )
 

@@ -47,6 +47,7 @@ __all__ = [
     "load_embeddings_file",
     "load_images",
     "model_inputs",
+    "pair_coverage",
     "pair_images",
     "save_embeddings_file",
 ]
@@ -421,20 +422,26 @@ def load_embeddings_file(path: Path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
+def pair_coverage(records: Sequence[tuple[Any, Any, bool, int]]) -> tuple[int, int, bool]:
+    """(pairs with both images, folds among them, whether both matched and mismatched pairs are
+    among them) of ``(index_a, index_b, same, fold)`` records: the protocol needs >= 1 pair, two
+    folds or more and both kinds."""
+    usable = [r for r in records if r[0] is not None and r[1] is not None]
+    return len(usable), len({r[3] for r in usable}), len({r[2] for r in usable}) > 1
+
+
 def _lfw_evaluate(
     emb: np.ndarray, records: list[tuple[Any, Any, bool, int]], flip: np.ndarray | None, what: str
 ) -> dict[str, Any]:
     from bnncube.validation import lfw
 
-    usable = [r for r in records if r[0] is not None and r[1] is not None]
-    if not usable:
+    n, folds, both = pair_coverage(records)
+    if n == 0:
         raise BnnError(f"lfw: every pair was skipped ({what}); nothing to evaluate")
-    folds = {r[3] for r in usable}
-    kinds = {r[2] for r in usable}
-    if len(folds) < 2 or len(kinds) < 2:
+    if folds < 2 or not both:
         raise BnnError(
-            f"lfw: only {len(usable)} pairs can be evaluated ({what}), in {len(folds)} fold(s), "
-            f"{'matched and mismatched' if len(kinds) > 1 else 'all of one kind'}; the protocol "
+            f"lfw: only {n} pairs can be evaluated ({what}), in {folds} fold(s), "
+            f"{'matched and mismatched' if both else 'all of one kind'}; the protocol "
             "needs pairs in at least two folds and both matched and mismatched pairs"
         )
     return lfw.evaluate(emb, records, flip_embeddings=flip, far=FAR)

@@ -583,7 +583,7 @@ def align_folder(
         desc="align",
         unit="img",
         file=sys.stderr,
-        disable=not progress,
+        disable=None if progress else True,  # None: no bar when stderr is not a terminal
         dynamic_ncols=True,
     )
     counts = {"aligned": 0, "no_face": 0, "multi": 0, "bad": 0}

@@ -583,6 +583,7 @@ def train(
                 file=sys.stderr,
                 leave=False,
                 dynamic_ncols=True,
+                disable=None,  # no bar when stderr is not a terminal (logs, CI)
             )
         losses: list[float] = []
         try:
