@@ -17,6 +17,7 @@ import click
 
 from bnncube import __version__
 from bnncube.errors import BnnError, ValidationFailed
+from bnncube.options import MODEL_TYPE_OPTION
 
 C_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -74,14 +75,7 @@ def cli() -> None:
     type=click.Path(dir_okay=False),
     help="Model file: .h5/.keras (Keras, QKeras) or .tflite (int8).",
 )
-@click.option(
-    "-t",
-    "--type",
-    "model_type",
-    type=click.Choice(["keras", "tflite", "onnx"]),
-    default=None,
-    help="Force the model type instead of guessing it from the suffix.",
-)
+@MODEL_TYPE_OPTION
 @click.option(
     "-n",
     "--name",
@@ -128,14 +122,7 @@ CONVERT_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
     type=click.Path(dir_okay=False),
     help="Model file: .h5/.keras (Keras, QKeras), .tflite (int8, LCE) or .onnx (bnncube's form).",
 )
-@click.option(
-    "-t",
-    "--type",
-    "model_type",
-    type=click.Choice(["keras", "tflite", "onnx"]),
-    default=None,
-    help="Force the model type instead of guessing it from the suffix.",
-)
+@MODEL_TYPE_OPTION
 @click.option(
     "--to",
     "target",
@@ -181,14 +168,7 @@ def convert(model: str, model_type: str | None, target: str, output: str) -> Non
 
 
 def _model_options(fn):  # noqa: ANN001, ANN202 - click decorator stack
-    fn = click.option(
-        "-t",
-        "--type",
-        "model_type",
-        type=click.Choice(["keras", "tflite", "onnx"]),
-        default=None,
-        help="Force the model type instead of guessing it from the suffix.",
-    )(fn)
+    fn = MODEL_TYPE_OPTION(fn)
     fn = click.option(
         "-m",
         "--model",

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from bnncube.errors import BnnError
+from bnncube.options import MODEL_TYPE_OPTION
 
 ENGINE_CHOICES = ("keras", "tflite", "onnx", "host-c", "target")  # embeddings.ENGINES
 
@@ -30,14 +31,7 @@ def _c_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     type=click.Path(dir_okay=False),
     help="Model file: .h5/.keras (QKeras), .tflite (int8, LCE) or .onnx (bnncube's form).",
 )
-@click.option(
-    "-t",
-    "--type",
-    "model_type",
-    type=click.Choice(["keras", "tflite", "onnx"]),
-    default=None,
-    help="Force the model type instead of guessing it from the suffix.",
-)
+@MODEL_TYPE_OPTION
 @click.option(
     "--embeddings",
     "embeddings_file",
