@@ -50,6 +50,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/zoo_footprint.py --out bench/results
 	$(BIN)/python bench/kernels.py --out bench/results
+	$(BIN)/python bench/summary.py --out bench/results
 
 lint: setup
 	$(BIN)/ruff check .

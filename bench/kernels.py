@@ -5,7 +5,8 @@ weights' values beyond a few data-dependent branches), runs every layer through 
 Unicorn (``bnncube.validation.kernel_calls``) twice, with the Cortex-M7 DSP paths and with the
 plain C paths (``BNN_FORCE_PLAIN_C``), checks both against the Python reference, and prints per
 layer the executed instructions (exact) and instructions per MAC (per binary MAC for binary
-convolutions). Writes OUT/kernels.json. Not a test: budgets live in tests/test_c_graphs.py.
+convolutions). Writes OUT/kernels.json. Not a test: budgets live in tests/test_c_graphs.py and
+tests/test_kernel_budgets.py, issue 8's targets in bnncube.validation.perf_targets.
 
 Estimated milliseconds assume 480 MHz and one instruction per cycle: an estimate, not a
 measurement (the Cortex-M7 is dual-issue; loads from flash and cache misses cost more).
@@ -21,18 +22,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bnncube.validation.perf_targets import HOT_LAYERS  # (network, layer) -> label
+
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 CLOCK_HZ = 480e6
-# the layers issue 4 / issue 8 name: (network, layer) -> label
-HOT_LAYERS = {
-    ("hybrid", "res1_bconv"): "binary conv 48x48 16->24",
-    ("hybrid", "res3_bconv"): "binary conv 12x12 64->64",
-    ("hybrid", "head_pw"): "int8 1x1 conv 3x3 128->1280",
-    ("hybrid", "trans1_pw"): "int8 1x1 conv 24x24 24->24",
-    ("hybrid", "stem_dw"): "depthwise 3x3 48x48x16",
-    ("hybrid", "trans1_dw"): "depthwise 3x3 s2 48->24 x24",
-}
 
 
 def _run(graph: Any, backend: Any, x: Any) -> Any:

@@ -49,6 +49,205 @@ def load_keras_model(path: str | Path) -> Any:
     return cached("keras", path, lambda: _load_keras_model(path), copied=False)
 
 
+HDF5_PROBE_TIMEOUT_S = float(os.environ.get("BNNCUBE_HDF5_PROBE_TIMEOUT", "20"))
+
+
+def _read_all_hdf5(path: str) -> None:
+    """Read every attribute and dataset of the HDF5 file ``path`` (of each ``.h5`` member of a
+    ``.keras`` archive); Python-level errors are ignored: Keras reports them."""
+    import io
+    import zipfile
+
+    import h5py
+
+    def visit(_: str, obj: Any) -> None:
+        for key in list(obj.attrs):
+            try:
+                obj.attrs[key]
+            except Exception:
+                pass
+        if isinstance(obj, h5py.Dataset):
+            try:
+                obj[()]
+            except Exception:
+                pass
+
+    def read(source: Any) -> None:
+        with h5py.File(source, "r") as handle:
+            visit("", handle)
+            handle.visititems(visit)
+
+    if path.lower().endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith(".h5"):
+                    read(io.BytesIO(archive.read(name)))
+    else:
+        read(path)
+
+
+def _probe_hdf5(path: Path) -> None:
+    """Read the HDF5 data of ``path`` once in a forked child process first: the HDF5 library can
+    loop forever or crash on a damaged file (fuzzing found both, docs/fuzzing.md), which must
+    become a clear error rather than a hang or a dead process. (Without ``os.fork`` the file is
+    loaded directly.)"""
+    import signal
+    import time
+
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: only h5py, then leave at once (no atexit, no buffers flushed)
+        import faulthandler
+
+        faulthandler.disable()  # its crash is reported by the parent, without a stack dump
+        try:
+            _read_all_hdf5(str(path))
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+        os._exit(0)
+    deadline = time.monotonic() + HDF5_PROBE_TIMEOUT_S
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise BnnError(
+                f"{path}: damaged HDF5 data: reading it did not finish within "
+                f"{HDF5_PROBE_TIMEOUT_S:.0f} s; save the model again"
+            )
+        time.sleep(0.002)
+    if os.WIFSIGNALED(status):
+        raise BnnError(
+            f"{path}: damaged HDF5 data: the HDF5 library crashed reading it "
+            f"(signal {os.WTERMSIG(status)}); save the model again"
+        )
+
+
+def _node_refs(node: Any) -> list[tuple[str, Any]] | None:
+    """``[(layer name, node index)]`` of one inbound node of a functional config (the
+    ``[[name, node_index, tensor_index, kwargs], ...]`` form), or None for another form."""
+    if not isinstance(node, list):
+        return None
+    refs = []
+    for ref in node:
+        if not (isinstance(ref, list) and len(ref) >= 2 and isinstance(ref[0], str)):
+            return None
+        refs.append((ref[0], ref[1]))
+    return refs
+
+
+def _node_exists(made: dict[str, int], ref: str, index: Any) -> bool:
+    """Whether node ``index`` of layer ``ref`` exists yet (Keras looks a node index up as given,
+    so one that is not an integer never exists)."""
+    if not isinstance(index, int) or isinstance(index, bool):
+        return False
+    return 0 <= index < made.get(ref, 0)
+
+
+def check_node_graph(model_config: Any, path: Path) -> None:
+    """Refuse a functional model config whose layers can never all be connected: an inbound
+    node that names a node index its layer never gets, or layers that feed each other in a
+    cycle. Keras would re-queue such nodes forever (a hang found by fuzzing). Other damage,
+    and configs in another form, are left to Keras to report."""
+    if not isinstance(model_config, dict) or not isinstance(model_config.get("config"), dict):
+        return
+    layers = model_config["config"].get("layers")
+    if not isinstance(layers, list) or model_config.get("class_name") == "Sequential":
+        return
+    made: dict[str, int] = {}  # layer name -> nodes created so far
+    pending: dict[str, list[list[tuple[str, int]]]] = {}
+    for layer in layers:
+        if not isinstance(layer, dict) or not isinstance(layer.get("name"), str):
+            return
+        if isinstance(layer.get("config"), dict) and "layers" in layer["config"]:
+            check_node_graph(layer, path)  # a nested model
+        nodes = layer.get("inbound_nodes") or []
+        if not isinstance(nodes, list):
+            return
+        refs = [_node_refs(node) for node in nodes]
+        if any(r is None for r in refs):
+            return
+        name = layer["name"]
+        if layer.get("class_name") == "InputLayer" or name not in made:
+            made[name] = 1 if layer.get("class_name") == "InputLayer" else 0
+        pending.setdefault(name, []).extend(r for r in refs if r is not None)
+    while any(pending.values()):
+        progress = False
+        for name, nodes in pending.items():
+            while nodes and all(_node_exists(made, ref, index) for ref, index in nodes[0]):
+                nodes.pop(0)
+                made[name] += 1
+                progress = True
+        if not progress:
+            name, nodes = next((n, v) for n, v in pending.items() if v)
+            missing = [(ref, i) for ref, i in nodes[0] if not _node_exists(made, ref, i)]
+            ref, index = missing[0]
+            if ref not in made:
+                return  # an unknown layer: Keras reports it
+            raise BnnError(
+                f"{path}: layer {name!r}: its input is node {index!r} of layer {ref!r}, which "
+                "does not exist or depends on this layer (a cycle); the model config is damaged"
+            )
+
+
+def _check_h5_node_graph(path: Path) -> None:
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            text = handle.attrs.get("model_config")
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        config = json.loads(text) if isinstance(text, str) else None
+    except Exception:  # unreadable: Keras reports it
+        return
+    check_node_graph(config, path)
+
+
+def _integer_param(quantizer: Any, name: str, low: int, high: int, where: str) -> None:
+    value = getattr(quantizer, name, None)
+    try:
+        number = float(np.asarray(value))
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number == round(number) and low <= number <= high):
+        raise BnnError(
+            f"{where}: quantizer {quantizer}: {name}={value!r} is not supported; expected an "
+            f"integer in {low}..{high}"
+        )
+
+
+def _checked_spec(quantizer: Any, where: str, *, allow_wide: bool = False) -> QSpec:
+    """:func:`quantizer_spec` of a quantizer whose bits and integer bits are in range (a file can
+    hold any number there; QKeras itself fails on negative or huge ones)."""
+    import qkeras
+
+    if isinstance(quantizer, qkeras.quantized_bits | qkeras.quantized_relu):
+        _integer_param(quantizer, "bits", 1, 32, where)
+        _integer_param(quantizer, "integer", 0, int(quantizer.bits), where)
+    return quantizer_spec(quantizer, where, allow_wide=allow_wide)
+
+
+def _apply_quantizer(quantizer: Any, run: Any, where: str) -> Any:
+    """``run()``, which applies the QKeras ``quantizer``; its TensorFlow or arithmetic errors
+    (parameters that passed the checks but that it cannot apply) become a BnnError."""
+    import tensorflow as tf
+
+    try:
+        return run()
+    except (tf.errors.OpError, ArithmeticError, ValueError, TypeError) as e:
+        first = " ".join(str(e).split())[:160]
+        raise BnnError(
+            f"{where}: quantizer {quantizer} cannot quantize the weights ({type(e).__name__}: "
+            f"{first})"
+        ) from None
+
+
 def _load_keras_model(path: Path) -> Any:
     import tensorflow as tf
 
@@ -63,6 +262,9 @@ def _load_keras_model(path: Path) -> Any:
 
         if not zipfile.is_zipfile(path):
             raise BnnError(f"{path}: not a Keras .keras model (not a zip archive)")
+    _probe_hdf5(path)
+    if path.suffix.lower() == ".h5":
+        _check_h5_node_graph(path)
     try:
         if path.suffix.lower() == ".keras":
             model = _load_keras_v3(path)
@@ -108,6 +310,7 @@ def _load_keras_v3(path: Path) -> Any:
     if "config.json" not in members:
         raise BnnError(f"{path}: not a Keras .keras model (no config.json inside)")
     config = json.loads(members["config.json"])
+    check_node_graph(config, path)
     for layer in config.get("config", {}).get("layers", []):
         if layer.get("class_name") in ("QActivation", "QConv2D", "QDepthwiseConv2D", "QDense"):
             activation = layer.get("config", {}).get("activation")
@@ -252,12 +455,19 @@ class _Builder:
         base = f"{layer.name}/{role}"
         if quantizer is None:
             return self.graph.add_const(base, to_ir(values).astype(np.float32), "float32")
-        spec: QSpec = quantizer_spec(quantizer, where, allow_wide=bias)
+        spec: QSpec = _checked_spec(quantizer, where, allow_wide=bias)
         if spec.dtype == "int32":
-            ints = np.rint(np.asarray(quantizer(values), np.float64) / spec.step)
+            q = _apply_quantizer(
+                quantizer, lambda: np.asarray(quantizer(values), np.float64), where
+            )
+            ints = np.rint(q / spec.step)
             quant = Quant.per_tensor(spec.step, 0, spec.text)
             return self.graph.add_const(base, ints.astype(np.int32), "int32", quant)
-        ints, steps = quantize_weights(quantizer, values, spec, where, to_ir, channel_axis)
+        ints, steps = _apply_quantizer(
+            quantizer,
+            lambda: quantize_weights(quantizer, values, spec, where, to_ir, channel_axis),
+            where,
+        )
         if np.all(steps == steps[0]):
             quant = Quant.per_tensor(float(steps[0]), spec.zero_point, spec.text)
         else:
@@ -291,7 +501,7 @@ class _Builder:
         return self.quantize(f"{layer.name}/act", act, out, f"layer {layer.name!r} activation")
 
     def quantize(self, name: str, quantizer: Any, src: str, where: str) -> str:
-        spec = quantizer_spec(quantizer, where)
+        spec = _checked_spec(quantizer, where)
         shape = self.shape_of(src)
         if spec.dtype == "binary":
             if spec.per_channel:

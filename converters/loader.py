@@ -76,7 +76,20 @@ def load_model(path: str | Path, forced_type: str | None = None) -> Graph:
         raise BnnError(f"{path}: no such file")
     if path.is_dir():
         raise BnnError(f"{path}: is a directory, expected a model file")
-    return cached(f"ir:{kind}", path, lambda: _load(path, kind), copied=True)
+    try:
+        return cached(f"ir:{kind}", path, lambda: _load(path, kind), copied=True)
+    except BnnError as e:
+        text = str(e)
+        if text.isprintable():
+            raise
+        # a name read from the file (tensor, operator, layer) may hold newlines or control
+        # characters: the message must stay one printable line
+        raise BnnError(printable(text)) from None
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (newline, NUL, ...) written as an escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _load(path: Path, kind: str) -> Graph:

@@ -16,10 +16,10 @@ docs/onnx-ops.md is the specification of the form written here; in short:
 
 The model's inputs and outputs keep the IR's names, NHWC shapes and element types.  What the IR
 holds that the ONNX graph does not (tensor quantization with its quantizer string, op names and
-all op attributes, graph name and source) is stored as JSON in the model's ``metadata_props``
-under :data:`METADATA_KEY`; every IR constant is an initializer of the same name (in the layout
-its ONNX consumer needs, see docs/onnx-ops.md).  :func:`bnncube.converters.onnx_frontend.load_onnx`
-reads both back into the same IR.
+all op attributes, graph name and source file name) is stored as JSON in the model's
+``metadata_props`` under :data:`METADATA_KEY`; every IR constant is an initializer of the same
+name (in the layout its ONNX consumer needs, see docs/onnx-ops.md).
+:func:`bnncube.converters.onnx_frontend.load_onnx` reads both back into the same IR.
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ def graph_metadata(graph: Graph) -> dict[str, Any]:
         "format": "bnncube-ir",
         "version": FORMAT_VERSION,
         "name": graph.name,
-        "source": graph.source,
+        # the file name only: the same model gives the same bytes wherever it lies
+        "source": Path(graph.source).name if graph.source else "",
         "source_format": graph.source_format,
         "inputs": list(graph.inputs),
         "outputs": list(graph.outputs),

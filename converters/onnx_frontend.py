@@ -287,6 +287,13 @@ def _metadata(model: Any, where: str) -> dict[str, Any] | None:
     text = props.get(METADATA_KEY)
     if text is None:
         return None
+    if isinstance(text, bytes):  # protobuf returns a string field that is not UTF-8 as bytes
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BnnError(
+                f"{where}: bnncube metadata {METADATA_KEY!r} is not UTF-8 text"
+            ) from None
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:

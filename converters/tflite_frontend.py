@@ -91,11 +91,14 @@ def _builtin_names(schema: Any) -> dict[int, str]:
 
 
 def _text(value: Any) -> str:
+    """A name from the file as printable text (newlines and control characters escaped)."""
+    from bnncube.converters.loader import printable
+
     if value is None:
         return ""
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
+        return printable(value.decode("utf-8", errors="replace"))
+    return printable(str(value))
 
 
 def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:

@@ -102,7 +102,7 @@ def analyze_graph(graph: Graph, c_name: str, model_path: str, model_type: str) -
     return {
         "tool": f"bnncube {__version__}",
         "command": "analyze",
-        "model": model_path,
+        "model": Path(model_path).name,  # not the path: reports are the same from any folder
         "model_type": model_type,
         "network": graph.name,
         "c_name": c_name,

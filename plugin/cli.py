@@ -290,13 +290,15 @@ def generate(
     """Generate the C code of MODEL (legacy X-CUBE-AI API) with a planned activations buffer."""
     from bnncube.converters.loader import load_model
     from bnncube.converters.loader import model_type as detect_type
-    from bnncube.generate import generate_code, write_generated
+    from bnncube.fsutil import write_folder
+    from bnncube.generate import generate_code
 
     # stm32h7: X-CUBE-AI/App and a standalone firmware project too
     options = _options_from(c_name, generate_params, firmware=True)
     graph = load_model(model, detect_type(model, model_type))
     result = generate_code(graph, options, model)
-    written = write_generated(result, output)
+    # staged beside OUTPUT, swapped in whole with Ctrl-C held back (fsutil.staged_folder)
+    written = write_folder(output, result.files)
     if not quiet:
         click.echo(result.files[f"{c_name}_generate_report.txt"], nl=False)
     click.echo(
@@ -522,6 +524,7 @@ def zoo_faces(
     import tempfile
     from pathlib import Path
 
+    from bnncube.fsutil import sigint_deferred
     from bnncube.zoo.synthetic_faces import write_dataset, write_pairs
 
     out = Path(output)
@@ -544,11 +547,12 @@ def zoo_faces(
             except BnnError as e:  # name the folder the user asked for, not the staging one
                 message = str(e).replace(str(staging / "faces"), str(out))
                 raise BnnError(f"option --pairs: {message}") from None
-        if out.exists():
-            out.rmdir()
-        (staging / "faces").rename(out)
-        if pairs_path is not None:
-            (staging / "pairs.txt").replace(pairs_path)
+        with sigint_deferred():  # the folder and pairs.txt land together
+            if out.exists():
+                out.rmdir()
+            (staging / "faces").rename(out)
+            if pairs_path is not None:
+                (staging / "pairs.txt").replace(pairs_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     click.echo(f"wrote {identities} synthetic identities x {images} images to {out} (seed {seed})")
@@ -579,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         result = cli.main(args=argv, prog_name="bnncube", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         where = f" ({exc.ctx.command_path})" if exc.ctx is not None else ""
-        click.echo(f"error{where}: {exc.format_message()}", err=True)
+        message = " ".join(exc.format_message().split())  # one line (click lists choices on many)
+        click.echo(f"error{where}: {message}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)

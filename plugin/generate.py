@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,7 +343,7 @@ def set_io_types(graph: Graph, input_type: str | None, output_type: str | None) 
 
 def generate_code(graph: Graph, options: GenerateOptions, model_path: str = "") -> GenerateResult:
     """All generated files for ``graph`` as texts (nothing written yet)."""
-    from bnncube.planner import plan_graph
+    from bnncube.planner import plan_graph, schedule_for_arena
     from bnncube.validation.kernel_calls import UnsupportedOp, kernel_call
 
     if options.input_data_type or options.output_data_type:
@@ -356,6 +355,12 @@ def generate_code(graph: Graph, options: GenerateOptions, model_path: str = "") 
             "outputs; generate supports one input and one output"
         )
     strategy = "balanced" if options.optimization == "time" else options.optimization
+    graph = schedule_for_arena(
+        graph,
+        strategy,
+        inputs_allocation=options.inputs_allocation,
+        outputs_allocation=options.outputs_allocation,
+    )
     plan = plan_graph(
         graph,
         strategy,
@@ -1074,33 +1079,8 @@ ai_handle ai_{name}_destroy(ai_handle network)
 
 
 def write_generated(result: GenerateResult, output: str | Path) -> list[Path]:
-    """Write the files into ``output`` atomically: a temporary folder renamed into place (the
-    previous folder, if any, is replaced only when everything is written)."""
-    import tempfile
+    """Write the files into ``output`` as a whole (fsutil.write_folder: a staged folder swapped
+    into place, the previous folder kept on failure or Ctrl-C)."""
+    from bnncube.fsutil import write_folder
 
-    out = Path(output)
-    parent = out.parent if str(out.parent) else Path(".")
-    if out.exists() and not out.is_dir():
-        raise BnnError(f"option -o: {out} exists and is not a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    except OSError as e:
-        raise BnnError(f"option -o: cannot create {out}: {e.strerror}") from None
-    try:
-        for fname, text in sorted(result.files.items()):
-            path = tmp / fname  # names with "/" (X-CUBE-AI/App/..., firmware/...): subfolders
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
-            old.rmdir()
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return [out / f for f in sorted(result.files)]
+    return write_folder(output, result.files)

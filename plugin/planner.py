@@ -29,6 +29,7 @@ works at two levels:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,9 @@ ARENA_ROUND = 8  # the arena size is a multiple of this many bytes
 
 # Strategy names accepted by plan_buffers / plan_graph. The greedy_* heuristics never share
 # memory in place; "balanced" (and "time", its stedgeai name) is greedy_size with in-place
-# sharing; "ram" runs every heuristic with and without in-place sharing and keeps the smallest.
+# sharing, then a short seeded search on the placement order (_search); "ram" runs every
+# heuristic with and without in-place sharing, searches from the best, and keeps the smallest
+# of that and balanced's plan.
 BASE_STRATEGIES = (
     "greedy_size",
     "greedy_size_best_fit",
@@ -52,8 +55,10 @@ BASE_STRATEGIES = (
 STRATEGIES = (*BASE_STRATEGIES, "balanced", "time", "ram")
 
 # In-place modes: "off" never shares; "prefer" takes a partner's offset whenever it fits;
-# "low" takes it only when it is no higher than the lowest free offset.
-INPLACE_MODES = ("off", "prefer", "low")
+# "low" takes it only when it is no higher than the lowest free offset; "chain" is "prefer" that
+# also places a buffer's in-place takers right after it, at its offset, before the heuristic's
+# order would put other buffers there (a float input quantized in place, say).
+INPLACE_MODES = ("off", "prefer", "low", "chain")
 
 # Ops whose output may reuse an input's memory (see _inplace_inputs for the exact conditions).
 INPLACE_OPS = ("Add", "Quantize")
@@ -292,14 +297,38 @@ _HEURISTICS: dict[str, tuple[Callable[[list[_Group]], list[_Group]], Fit]] = {
 }
 
 
-def _place(problem: _Problem, heuristic: str, inplace_mode: str) -> Plan:
-    """Place every group in the order of ``heuristic``, each at the offset its fit rule picks
-    among the blocks already placed whose lifetimes overlap it, or in place of a partner."""
+def _place(
+    problem: _Problem, heuristic: str, inplace_mode: str, order: list[_Group] | None = None
+) -> Plan:
+    """Place every group in the order of ``heuristic`` (or ``order``), each at the offset its fit
+    rule picks among the blocks already placed whose lifetimes overlap it, or in place of a
+    partner."""
     order_of, fit = _HEURISTICS[heuristic]
     offsets: dict[str, int] = {}  # group -> offset
     inplace: dict[str, str] = {}
     placed: list[_Group] = []
-    for group in order_of(list(problem.groups.values())):
+
+    def chain(host: _Group) -> None:
+        """Place the in-place takers of ``host`` (not placed yet) at its offset, if free."""
+        for pairing in problem.pairings[host.name]:
+            taker = problem.groups[pairing.taker_group]
+            if pairing.host_group != host.name or taker.name in offsets:
+                continue
+            at = offsets[host.name]
+            if at % taker.alignment or any(
+                _overlap(at, taker.size, offsets[c.name], c.size)
+                for c in placed
+                if c.name != host.name and c.overlaps_in_time(taker)
+            ):
+                continue
+            offsets[taker.name] = at
+            inplace[pairing.taker] = pairing.host
+            placed.append(taker)
+            chain(taker)
+
+    for group in order if order is not None else order_of(list(problem.groups.values())):
+        if group.name in offsets:  # placed by chain()
+            continue
         conflicts = [p for p in placed if p.overlaps_in_time(group)]
         busy = sorted((offsets[p.name], offsets[p.name] + p.size) for p in conflicts if p.size)
         offset = fit(busy, group.size, group.alignment)
@@ -324,8 +353,12 @@ def _place(problem: _Problem, heuristic: str, inplace_mode: str) -> Plan:
                     break
         offsets[group.name] = offset
         placed.append(group)
+        if inplace_mode == "chain" and group.size:
+            chain(group)
     top = max((offsets[g.name] + g.size for g in placed), default=0)
-    suffix = {"off": "", "prefer": "+inplace", "low": "+inplace_low"}[inplace_mode]
+    suffix = {"off": "", "prefer": "+inplace", "low": "+inplace_low", "chain": "+inplace_chain"}[
+        inplace_mode
+    ]
     alignment = max((b.alignment for b in problem.buffers.values()), default=1)
     return Plan(
         offsets={name: offsets[problem.root[name]] for name in sorted(problem.buffers)},
@@ -351,7 +384,8 @@ def plan_buffers(buffers: Sequence[Buffer], strategy: str = "balanced") -> Plan:
         raise BnnError(f"unknown memory strategy {strategy!r}; expected one of {STRATEGIES}")
     problem = _Problem(buffers)
     if strategy in ("balanced", "time"):
-        candidates = [("greedy_size", "prefer")]
+        # "prefer" first: "chain" is kept only where it is strictly smaller
+        candidates = [("greedy_size", "prefer"), ("greedy_size", "chain")]
     elif strategy == "ram":
         # balanced first, so that ram keeps balanced's plan when nothing does better
         candidates = [("greedy_size", "prefer")] + [
@@ -370,8 +404,50 @@ def plan_buffers(buffers: Sequence[Buffer], strategy: str = "balanced") -> Plan:
         if best is None or plan.size < best.size:
             best = plan
     assert best is not None
+    if strategy in ("balanced", "time", "ram") and best.size > lower_bound(buffers):
+        best = _search(problem, best, tried)
+    if strategy == "ram":
+        # balanced's own search may have found a smaller plan than the one from ram's best start
+        balanced = plan_buffers(buffers, "balanced")
+        if balanced.size < best.size:
+            best = balanced
+        tried.update(balanced.tried)
     best.strategy = strategy
     best.tried = tried
+    return best
+
+
+# Orders tried by the search after the heuristics (seeded: plans reproduce).
+SEARCH_STEPS = 400
+
+
+def _search(problem: _Problem, start: Plan, tried: dict[str, int]) -> Plan:
+    """Hill climbing on the placement order, from the best heuristic's: swap two groups, keep
+    the swap when the arena does not grow; stop at the lower bound or after SEARCH_STEPS."""
+    import random
+
+    heuristic = start.chosen.split("+")[0]
+    mode = {"": "off", "inplace": "prefer", "inplace_low": "low", "inplace_chain": "chain"}[
+        start.chosen.partition("+")[2]
+    ]
+    order_of, _ = _HEURISTICS[heuristic]
+    order = order_of(list(problem.groups.values()))
+    bound = lower_bound(list(problem.buffers.values()))
+    rng = random.Random(0)
+    best = start
+    for _ in range(SEARCH_STEPS if len(order) > 1 else 0):
+        i, j = rng.sample(range(len(order)), 2)
+        order[i], order[j] = order[j], order[i]
+        plan = _place(problem, heuristic, mode, order)
+        if plan.size <= best.size:
+            best = plan
+            if best.size <= bound:
+                break
+        else:
+            order[i], order[j] = order[j], order[i]
+    if best is not start:
+        best.chosen = f"{start.chosen}+search"
+        tried[best.chosen] = best.size
     return best
 
 
@@ -655,8 +731,9 @@ def _same_layout(graph: Graph, x: str, y: str) -> bool:
 
 def _inplace_inputs(graph: Graph, op_index: int, arena: set[str]) -> tuple[str, ...]:
     """The inputs of op ``op_index`` whose memory its output may reuse: Add (same dtype and size
-    as the output, so no broadcast) and a 1-byte to 1-byte Quantize (requantization).
-    Dequantize (4 bytes out per byte in) and Bitpack (reads 32 values per word) never."""
+    as the output, so no broadcast), a 1-byte to 1-byte Quantize (requantization) and a float32
+    to 1-byte Quantize (the output shrinks behind the reads). Dequantize (4 bytes out per byte
+    in) and Bitpack (reads 32 values per word) never."""
     op = graph.ops[op_index]
     if op.type not in INPLACE_OPS or len(op.outputs) != 1 or op.outputs[0] not in arena:
         return ()
@@ -664,12 +741,19 @@ def _inplace_inputs(graph: Graph, op_index: int, arena: set[str]) -> tuple[str, 
     one_byte = ("int8", "uint8")
     names: list[str] = []
     for t in graph.activation_inputs(op):
-        if t.name not in arena or t.name in names or t.nbytes != out.nbytes:
+        if t.name not in arena or t.name in names:
             continue
-        if op.type == "Add" and t.dtype == out.dtype:
+        if op.type == "Add" and t.dtype == out.dtype and t.nbytes == out.nbytes:
             names.append(t.name)
         elif op.type == "Quantize" and t.dtype in one_byte and out.dtype in one_byte:
-            names.append(t.name)
+            if t.nbytes == out.nbytes:
+                names.append(t.name)
+        elif op.type == "Quantize" and t.dtype == "float32" and out.dtype in one_byte:
+            # float32 -> int8 front to back: byte i of the output is written after element i
+            # (bytes 4i .. 4i + 3) was read, and i <= 4i, so the output may start where the
+            # input starts (bnn_quantize_f32_s8's contract)
+            if 4 * out.nbytes == t.nbytes:
+                names.append(t.name)
     return tuple(names)
 
 
@@ -842,3 +926,69 @@ def format_buffers(plan: Plan, buffers: Iterable[Buffer]) -> str:
             f"{plan.offsets[b.name]:>10,}  {b.size:>10,}  {b.first:>4}..{b.last:<4}  {b.name}"
         )
     return "\n".join(lines)
+
+
+def memory_order(graph: Graph) -> list[int]:
+    """A topological order of ``graph.ops`` (indices) by greedy list scheduling for memory: among
+    the ops whose inputs are ready, run the one that adds the fewest live bytes (its outputs less
+    the inputs it is the last reader of), the earliest in the given order on ties. In a residual
+    block this runs the shortcut's projection before the binary branch, so that the block input
+    dies before the branch's wide output is made."""
+    produced = {name for name in graph.inputs}
+    remaining: dict[str, int] = {}
+    for op in graph.ops:
+        for t in graph.activation_inputs(op):
+            remaining[t.name] = remaining.get(t.name, 0) + 1
+    keep = set(graph.outputs)  # live to the end; graph inputs die at their last reader
+    order: list[int] = []
+    done = [False] * len(graph.ops)
+    for _ in graph.ops:
+        best: tuple[int, int] | None = None
+        for i, op in enumerate(graph.ops):
+            if done[i]:
+                continue
+            ins = graph.activation_inputs(op)
+            if any(t.name not in produced for t in ins):
+                continue
+            grow = sum(graph.tensors[o].nbytes for o in op.outputs)
+            freed = sum(
+                t.nbytes
+                for t in {t.name: t for t in ins}.values()
+                if t.name not in keep and remaining[t.name] == sum(x.name == t.name for x in ins)
+            )
+            if best is None or grow - freed < best[0]:
+                best = (grow - freed, i)
+        if best is None:  # not a DAG in this order: keep the given one
+            return list(range(len(graph.ops)))
+        i = best[1]
+        done[i] = True
+        order.append(i)
+        for t in graph.activation_inputs(graph.ops[i]):
+            remaining[t.name] -= 1
+        produced.update(graph.ops[i].outputs)
+    return order
+
+
+def schedule_for_arena(
+    graph: Graph,
+    strategy: str = "balanced",
+    *,
+    inputs_allocation: bool = True,
+    outputs_allocation: bool = True,
+) -> Graph:
+    """``graph`` with its ops in the order whose planned arena is smaller: as given, or
+    :func:`memory_order`'s. Returns ``graph`` itself when its own order is as good; otherwise a
+    copy sharing the tensors, with the ops reordered (every order is a valid execution order, so
+    results are the same bit for bit)."""
+    order = memory_order(graph)
+    if order == list(range(len(graph.ops))):
+        return graph
+    options = {"inputs_allocation": inputs_allocation, "outputs_allocation": outputs_allocation}
+    reordered = copy.copy(graph)
+    reordered.ops = [graph.ops[i] for i in order]
+    if (
+        plan_graph(reordered, strategy, **options).size
+        < plan_graph(graph, strategy, **options).size
+    ):
+        return reordered
+    return graph

@@ -1,9 +1,10 @@
 """The QKeras affine requantization of the C runtime (bnn_requant.h ``bnn_affine``), case by case.
 
-``clamp(round_half_even((acc * M + B) / 2^S), lo, hi)`` is computed by the kernels on the two
-32-bit halves of the 64-bit sum. Here it is checked against Python's exact integers on random
-cases over the whole contract (any int32 acc and M, 1 <= S <= 62, |B| < 2^62, any bounds), on
-exact ties and their neighbours, and on the edges, on the host (also under the sanitizers through
+``clamp(round_half_even((acc * M + B) / 2^S), lo, hi)`` is computed by the kernels from the
+rounding-ready offset R = B + 2^(S-1) (what ``bnn_output_t.a_offset`` holds) on the two 32-bit
+halves of the 64-bit sum. Here it is checked against Python's exact integers on random cases over
+the whole contract (any int32 acc and M, 1 <= S <= 62, |R| < 2^62, any bounds), on exact ties and
+their neighbours, and on the edges, on the host (also under the sanitizers through
 ``BNN_C_SANITIZE``) and on the emulated Cortex-M7.
 """
 
@@ -22,7 +23,9 @@ from bnncube.runtime_c.cabi import HostBackend
 from bnncube.validation import emulator as em
 
 FIXTURE = Path(__file__).parent / "c_fixtures" / "affine_fixture.c"
-LIMIT = 1 << 62  # |B| < 2^62: the kernels' contract
+LIMIT = 1 << 62  # |R| < 2^62: the kernels' contract
+
+# The cases are (acc, M, R, S, lo, hi) with R the rounding-ready offset B + 2^(S-1).
 
 
 @pytest.fixture(scope="module", params=["host", "m7"])
@@ -39,8 +42,8 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return em.UnicornBackend(em.cross_compile([FIXTURE], [SRC_DIR], build_dir / "affine.elf"))
 
 
-def expected(acc: int, mult: int, offset: int, shift: int, lo: int, hi: int) -> int:
-    t = acc * mult + offset
+def expected(acc: int, mult: int, ready: int, shift: int, lo: int, hi: int) -> int:
+    t = acc * mult + ready - (1 << (shift - 1))  # acc * M + B
     q, r = t >> shift, t & ((1 << shift) - 1)  # floor and remainder, exact
     half = 1 << (shift - 1)
     if r > half or (r == half and q & 1):
@@ -92,10 +95,10 @@ def tie_cases(rng: np.random.Generator) -> list[tuple[int, int, int, int, int, i
             tie = q * (1 << shift) + (1 << (shift - 1))
             for delta in (-1, 0, 1):
                 acc, mult = int(rng.integers(-1000, 1001)), int(rng.integers(-(1 << 31), 1 << 31))
-                offset = tie + delta - acc * mult
-                if abs(offset) < LIMIT:
+                ready = tie + delta - acc * mult + (1 << (shift - 1))
+                if abs(ready) < LIMIT:
                     bounds = (-(1 << 31), (1 << 31) - 1) if rng.random() < 0.5 else (-128, 127)
-                    cases.append((acc, mult, offset, shift, *bounds))
+                    cases.append((acc, mult, ready, shift, *bounds))
     return cases
 
 

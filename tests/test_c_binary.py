@@ -39,6 +39,7 @@ from bnncube.runtime_c.cabi import (  # noqa: E402
     Struct,
     dims,
 )
+from bnncube.validation.kernel_calls import rounding_ready  # noqa: E402
 
 # backend name -> build_host_library options
 BACKENDS: dict[str, dict[str, Any]] = {
@@ -296,7 +297,7 @@ def output_struct(case: Case, consts: Any) -> Struct:
             kind=OUT_AFFINE,
             a_mult=values["multiplier"],
             a_shift=values["shift"],
-            a_offset=values["offset"],
+            a_offset=rounding_ready(values["offset"], values["shift"]),
             act_min=case.clamp[0],
             act_max=case.clamp[1],
         )
@@ -508,6 +509,11 @@ def test_bconv_padding_splits(backend: Any, c: int, pad_value: int) -> None:
         Case(5, 5, 32, 3, 3, 3, (1, 1), (1, 1, 1, 1), 0, "float", fill="agree"),
         # many output channels: several 32-channel blocks, threshold words with padding bits
         Case(3, 4, 24, 100, 3, 3, (1, 1), (1, 1, 1, 1), 1, "threshold"),
+        # 16 < C < 32 on the M7 path: window and filters as bit streams (odd and > 32 channels)
+        Case(7, 6, 31, 9, 3, 3, (1, 1), (1, 1, 1, 1), 1, "affine"),
+        Case(7, 6, 31, 9, 3, 3, (1, 1), (1, 1, 1, 1), 0, "threshold"),
+        Case(6, 7, 20, 33, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine", clamp=(-50, 60)),
+        Case(6, 7, 17, 5, 5, 5, (2, 1), (2, 2, 2, 2), 1, "float"),
         Case(3, 4, 16, 65, 3, 3, (1, 1), (1, 1, 1, 1), 0, "threshold"),
     ],
     ids=lambda case: (
@@ -545,7 +551,7 @@ def test_bconv_extreme_accumulators(backend: Any) -> None:
 
 
 def test_bconv_affine_extreme_constants(backend: Any) -> None:
-    """Multipliers over the whole int32 range, shifts 1..62, offsets near +-2^62."""
+    """Multipliers over the whole int32 range, shifts 1..62, rounding-ready offsets near +-2^62."""
     rng = np.random.default_rng(7)
     o = 64
     base = Case(4, 5, 70, o, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine", clamp=(-100, 90))
@@ -561,6 +567,15 @@ def test_bconv_affine_extreme_constants(backend: Any) -> None:
         s = int(rng.integers(2, 32))
         shift[ch], mult[ch] = s, 1 << (s - 2)
         offset[ch] = int(rng.integers(-300, 300)) << (s - 1)
+    # the kernels' contract is on the rounding-ready offset B + 2^(S-1): |it| < 2^62
+    half = [1 << (int(s) - 1) for s in shift]
+    offset = np.asarray(
+        [
+            min(max(int(b), -(2**62) + 1 - h), 2**62 - 1 - h)
+            for b, h in zip(offset, half, strict=True)
+        ],
+        np.int64,
+    )
     consts = (("multiplier", mult, "int32"), ("shift", shift, "int8"), ("offset", offset, "int64"))
     expected = reference_bconv(base, data.x_packed, data.w_pm1, consts)
     out = out_buffer(base)

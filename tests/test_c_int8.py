@@ -54,6 +54,7 @@ from bnncube.runtime_c.cabi import (
     Struct,
     dims,
 )
+from bnncube.validation.kernel_calls import rounding_ready
 
 SANITIZE_ENV = "BNN_C_SANITIZE"  # "1": build the library with ASan + UBSan
 SENTINEL = 0x5A  # byte value output buffers start with
@@ -301,7 +302,7 @@ def _affine_output(
         kind=OUT_AFFINE,
         a_mult=mult,
         a_shift=shift,
-        a_offset=offset,
+        a_offset=rounding_ready(offset, shift),
         act_min=clamp[0],
         act_max=clamp[1],
         out_zero_point=99,  # unused by the affine transform
@@ -457,6 +458,8 @@ DW_CASES: list[tuple[Geo, int, int, int]] = [
     (Geo(9, 8, 3, 3, dilation=(2, 2), padding="same"), 24, 1, 100),  # dilation 2
     (Geo(6, 7, 3, 3, padding=(0, 2, 2, 1)), 40, 1, -128),  # explicit asymmetric pads
     (Geo(8, 8, 3, 3, stride=(2, 2)), 70, 2, 64),  # valid, stride 2, M = 2
+    (Geo(10, 9, 3, 3, padding="same"), 12, 1, 3),  # 3x3 path: mostly interior pixels
+    (Geo(9, 11, 3, 3, stride=(1, 2), padding=(1, 0, 0, 1)), 8, 1, -7),  # 3x3 path, uneven
 ]
 
 
@@ -538,7 +541,7 @@ def test_affine_ties(backend: Any) -> None:
         kind=OUT_AFFINE,
         a_mult=mult,
         a_shift=shift,
-        a_offset=offset,
+        a_offset=rounding_ready(offset, shift),
         act_min=-128,
         act_max=127,
     )
@@ -900,7 +903,7 @@ def test_requantize(
             kind=OUT_AFFINE,
             a_mult=mult,
             a_shift=shift_a,
-            a_offset=offset,
+            a_offset=rounding_ready(offset, shift_a),
             act_min=-120,
             act_max=100,
         )

@@ -108,11 +108,17 @@ def test_qkeras_layers_in_qemu(qkeras_graphs: list[Graph], tmp_path: Path, offse
     qemu = em.QemuRunner()
     ran = [r for g in qkeras_graphs for r in _run_all(g, qemu, tmp_path, offset, seen)]
     functions = {function for _, function in ran}
-    assert {"bnn_bconv2d", "bnn_conv2d_s8", "bnn_dense_s8", "bnn_add_s8"} <= functions, ran
+    assert {"bnn_bconv2d", "bnn_conv2d_s8_affine", "bnn_dense_s8", "bnn_add_s8"} <= functions, ran
 
 
 @pytest.mark.parametrize("offset", [0, 1])
 def test_tflite_layers_in_qemu(mnv2_i8_tflite: Path, tmp_path: Path, offset: int) -> None:
     ran = _run_all(load_model(mnv2_i8_tflite), em.QemuRunner(), tmp_path, offset, set())
     functions = {function for _, function in ran}
-    assert {"bnn_conv2d_s8", "bnn_depthwise_conv2d_s8", "bnn_add_s8", "bnn_dense_s8"} <= functions
+    kernels = {
+        "bnn_conv2d_s8_tflite",
+        "bnn_depthwise_conv2d_s8_tflite",
+        "bnn_add_s8",
+        "bnn_dense_s8",
+    }
+    assert kernels <= functions

@@ -169,7 +169,7 @@ def test_generate_failure_leaves_previous_output(
     before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     from bnncube import generate as gen
 
-    real_write = Path.write_text
+    real_write = Path.write_bytes
     calls = {"n": 0}
 
     def failing_write(self: Path, *args: Any, **kwargs: Any) -> int:
@@ -178,7 +178,7 @@ def test_generate_failure_leaves_previous_output(
             raise OSError(28, "No space left on device")
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "write_text", failing_write)
+    monkeypatch.setattr(Path, "write_bytes", failing_write)  # fsutil.write_folder's writes
     result = generate_code(load_model(hybrid_h5), GenerateOptions(c_name="other"))
     with pytest.raises(OSError):
         gen.write_generated(result, out)

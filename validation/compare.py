@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -948,27 +947,12 @@ def write_report(report: dict[str, Any], output: Path) -> None:
         raise BnnError(f"option -o: cannot create {parent}: {e.strerror}") from None
     _check_output(output)
     png = roc_png(report)
-    stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
-    old: Path | None = None
-    try:
+    from bnncube.fsutil import staged_folder
+
+    with staged_folder(output) as stage:  # swapped in whole, with Ctrl-C held back
         (stage / "roc.png").write_bytes(png)
         (stage / "compare_report.json").write_text(
             json.dumps(_json_safe(report), indent=2) + "\n", encoding="utf-8"
         )
         (stage / "compare_report.md").write_text(markdown_report(report), encoding="utf-8")
         (stage / "compare_report.html").write_text(html_report(report, png), encoding="utf-8")
-        os.chmod(stage, 0o755)
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=parent))
-            os.rmdir(old)
-            os.replace(output, old)
-        os.replace(stage, output)
-    except BaseException:
-        if old is not None and not output.exists():
-            os.replace(old, output)
-            old = None
-        raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -25,7 +25,9 @@ float array per image, keyed by the image path relative to the data folder
 from __future__ import annotations
 
 import tempfile
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -387,8 +389,12 @@ def load_embeddings_file(path: Path) -> dict[str, np.ndarray]:
             for key in npz.files:
                 try:
                     arr = np.asarray(npz[key])
-                except ValueError:
+                except (ValueError, SyntaxError, tokenize.TokenError):  # numpy's header parser
                     raise BnnError(f"{where}: key {key!r}: not a numeric array") from None
+                except MemoryError:
+                    raise BnnError(
+                        f"{where}: key {key!r}: its header declares an array too large to load"
+                    ) from None
                 if arr.ndim == 2 and arr.shape[0] == 1:
                     arr = arr[0]
                 if arr.ndim != 1 or arr.size == 0:
@@ -410,7 +416,15 @@ def load_embeddings_file(path: Path) -> dict[str, np.ndarray]:
                 out[key] = arr.astype(np.float32)
     except BnnError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,  # zipfile: an unsupported zip version or compression method
+        zlib.error,
+    ) as exc:
         raise BnnError(f"{where}: not a readable .npz file ({type(exc).__name__})") from None
     if not out:
         raise BnnError(f"{where}: holds no embeddings")

@@ -83,6 +83,32 @@ def _out_buffer(t: Tensor) -> np.ndarray:
     return np.zeros(t.shape, _NP[t.dtype])
 
 
+# |a_offset| bound of the C kernels (bnn_requant.h BNN_AFFINE_OFFSET_LIMIT)
+AFFINE_OFFSET_LIMIT = 1 << 62
+
+
+def rounding_ready(offsets: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """The rounding-ready offsets B + 2^(S-1) that ``bnn_output_t.a_offset`` holds (the C
+    kernels then round half to even with one shift and a tie test; bnn_requant.h). Raises
+    ValueError outside the kernels' contract (S in 1..62, |B + 2^(S-1)| < 2^62)."""
+    b_list = np.asarray(offsets).reshape(-1).tolist()
+    s_list = np.asarray(shifts).reshape(-1).tolist()
+    if len(b_list) != len(s_list) or any(s < 1 or s > 62 for s in s_list):
+        raise ValueError("affine shifts must be 1..62, one per offset")
+    ready = [int(b) + (1 << (int(s) - 1)) for b, s in zip(b_list, s_list, strict=True)]
+    if any(abs(v) >= AFFINE_OFFSET_LIMIT for v in ready):
+        raise ValueError("affine offset beyond 2^62 (the C kernels' int64 range)")
+    return np.asarray(ready, np.int64)
+
+
+def ready_offsets(op: Op, offsets: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """:func:`rounding_ready` for op ``op`` (UnsupportedOp naming it when out of range)."""
+    try:
+        return rounding_ready(offsets, shifts)
+    except ValueError as exc:
+        raise UnsupportedOp(f"op {op.name!r}: {exc}") from None
+
+
 def output_struct(graph: Graph, op: Op) -> Struct:
     """The ``bnn_output_t`` of a MAC op."""
     transform = transform_of(op)
@@ -115,7 +141,7 @@ def output_struct(graph: Graph, op: Op) -> Struct:
             kind=OUT_AFFINE,
             a_mult=_const(graph, op, 2).reshape(-1),
             a_shift=_const(graph, op, 3).reshape(-1),
-            a_offset=_const(graph, op, 4).reshape(-1),
+            a_offset=ready_offsets(op, _const(graph, op, 4), _const(graph, op, 3)),
             act_min=lo,
             act_max=hi,
         )
@@ -168,6 +194,9 @@ def _conv_params(op: Op, zero_point: int = 0) -> Struct:
     )
 
 
+_KIND_SUFFIX = {OUT_AFFINE: "_affine", OUT_TFLITE: "_tflite", OUT_FLOAT: "_float"}
+
+
 def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCall:
     """The C call computing ``op`` from ``values`` (the IR representation of its inputs)."""
     from bnncube.converters.figures import op_macc
@@ -191,10 +220,13 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
         _, zp = _quant(x_t)
         w_t = graph.tensors[op.inputs[1]]
         fn = "bnn_conv2d_s8" if op.type == "Conv2D" else "bnn_depthwise_conv2d_s8"
+        output = output_struct(graph, op)
+        # the entry point of this output transform only (the linker drops the others)
+        fn += _KIND_SUFFIX[int(output.fields["kind"])]
         args = [
             ctx,
             _conv_params(op, zp),
-            output_struct(graph, op),
+            output,
             _dims4(x_t.shape),
             x,
             _dims4(w_t.shape),
@@ -347,7 +379,7 @@ def _quantize_args(graph: Graph, op: Op, x: np.ndarray, out: np.ndarray) -> tupl
             kind=OUT_AFFINE,
             a_mult=_const(graph, op, 1).reshape(-1),
             a_shift=_const(graph, op, 2).reshape(-1),
-            a_offset=_const(graph, op, 3).reshape(-1),
+            a_offset=ready_offsets(op, _const(graph, op, 3), _const(graph, op, 2)),
             act_min=lo,
             act_max=hi,
         )

@@ -15,7 +15,8 @@ doubles as a worked example of the command line:
    bit-exactness, flash / RAM / instructions beside the paper's Table 3.
 
 The output folder is the demo's own: a previous demo there (marked by a ``.bnncube-demo`` file) is
-replaced; any other non-empty folder is refused. The faces are synthetic: the accuracy figures
+replaced when the new one succeeds (set aside meanwhile, put back if the run fails or is
+interrupted); any other non-empty folder is refused. The faces are synthetic: the accuracy figures
 say the pipeline learns and keeps what it learnt through quantization and code generation; they are
 not LFW figures.
 """
@@ -114,6 +115,8 @@ class _Runner:
         start = time.perf_counter()
         code = main(argv)
         self.timings.append((title, time.perf_counter() - start))
+        if code == 130:  # Ctrl-C in the stage: stop the demo as an interruption, not an error
+            raise KeyboardInterrupt
         if code != 0:
             raise BnnError(f"demo: `bnncube {shlex.join(argv)}` failed (exit status {code})")
 
@@ -124,11 +127,9 @@ def run_demo(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the pipeline into ``output`` (replaced at the end); return the comparison report."""
-    from bnncube.converters.loader import load_model
-    from bnncube.validation.embeddings import load_images, model_inputs, pair_images
-    from bnncube.validation.emulator import toolchain_available
-    from bnncube.zoo.synthetic_faces import read_pairs
+    """Run the pipeline into ``output`` (a previous demo there is replaced when it succeeds);
+    return the comparison report."""
+    from bnncube.fsutil import folder_set_aside
 
     table = scales()
     if scale not in table:
@@ -142,12 +143,20 @@ def run_demo(
             raise BnnError(
                 f"option -o: {work} is not empty and holds no earlier demo; choose another folder"
             )
-        shutil.rmtree(work)
-    try:
-        work.mkdir(parents=True)
+    # a previous demo is set aside (not deleted) while this one runs: a failed or interrupted run
+    # removes what it wrote and puts the previous one back
+    with folder_set_aside(work) as work:
         (work / MARKER).write_text("written by `bnncube demo`; the next demo replaces it\n")
-    except OSError as e:
-        raise BnnError(f"option -o: cannot create {work}: {e.strerror}") from None
+        return _pipeline(work, s, seed, log)
+
+
+def _pipeline(work: Path, s: DemoScale, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The stages of :func:`run_demo`, into the (new, empty but for the marker) folder ``work``."""
+    from bnncube.converters.loader import load_model
+    from bnncube.validation.embeddings import load_images, model_inputs, pair_images
+    from bnncube.validation.emulator import toolchain_available
+    from bnncube.zoo.synthetic_faces import read_pairs
+
     start = time.perf_counter()
     run = _Runner(log)
     data, test, pairs = work / "data" / "train", work / "data" / "test", work / "data" / "pairs.txt"

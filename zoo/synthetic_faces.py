@@ -550,7 +550,7 @@ def write_pairs(
 
 
 def _positive_int(text: str, path: Path, lineno: int, what: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # not '²', which int() refuses
         raise BnnError(f"{path}:{lineno}: {what} {text!r} is not a positive integer")
     return int(text)
 

@@ -28,12 +28,45 @@ bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *pa
                            const bnn_dims_t *out_dims, void *out);
 int32_t bnn_conv2d_s8_scratch_size(const bnn_dims_t *in_dims, const bnn_dims_t *filter_dims,
                                    const bnn_dims_t *out_dims);
+/* The same for one output transform only (output->kind must be it; anything else:
+ * BNN_ERROR_ARGUMENT). Generated code calls these, so that the linker (--gc-sections) drops the
+ * transforms a network does not use. Likewise for the depthwise convolution below. */
+bnn_status_t bnn_conv2d_s8_affine(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                  const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                  const int8_t *in, const bnn_dims_t *filter_dims,
+                                  const int8_t *filter, const bnn_dims_t *out_dims, void *out);
+bnn_status_t bnn_conv2d_s8_tflite(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                  const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                  const int8_t *in, const bnn_dims_t *filter_dims,
+                                  const int8_t *filter, const bnn_dims_t *out_dims, void *out);
+bnn_status_t bnn_conv2d_s8_float(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                 const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                 const int8_t *in, const bnn_dims_t *filter_dims,
+                                 const int8_t *filter, const bnn_dims_t *out_dims, void *out);
 
 /* DepthwiseConv2D, filter 1 x KH x KW x (C * depth_multiplier). */
 bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
                                      const bnn_output_t *output, const bnn_dims_t *in_dims,
                                      const int8_t *in, const bnn_dims_t *filter_dims,
                                      const int8_t *filter, const bnn_dims_t *out_dims, void *out);
+bnn_status_t bnn_depthwise_conv2d_s8_affine(const bnn_context_t *ctx,
+                                            const bnn_conv_params_t *params,
+                                            const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                            const int8_t *in, const bnn_dims_t *filter_dims,
+                                            const int8_t *filter, const bnn_dims_t *out_dims,
+                                            void *out);
+bnn_status_t bnn_depthwise_conv2d_s8_tflite(const bnn_context_t *ctx,
+                                            const bnn_conv_params_t *params,
+                                            const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                            const int8_t *in, const bnn_dims_t *filter_dims,
+                                            const int8_t *filter, const bnn_dims_t *out_dims,
+                                            void *out);
+bnn_status_t bnn_depthwise_conv2d_s8_float(const bnn_context_t *ctx,
+                                           const bnn_conv_params_t *params,
+                                           const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                           const int8_t *in, const bnn_dims_t *filter_dims,
+                                           const int8_t *filter, const bnn_dims_t *out_dims,
+                                           void *out);
 
 /* Dense: in [in_features] (int8, zero point params->input_zero_point), filter [O, in_features]. */
 bnn_status_t bnn_dense_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
@@ -93,7 +126,9 @@ bnn_status_t bnn_mean_s8(int32_t q_mult, int32_t q_shift, int32_t in_zero_point,
 
 typedef enum { BNN_ROUND_HALF_AWAY = 0, BNN_ROUND_HALF_EVEN = 1 } bnn_rounding_t;
 
-/* q = clamp(round(f32(x) / f32(scale)) + zero_point, qmin, qmax) */
+/* q = clamp(round(f32(x) / f32(scale)) + zero_point, qmin, qmax). Element by element from the
+ * first, each read before its byte is written: `out` may start where `in` starts (in place; the
+ * memory planner uses this for a network's float input). */
 bnn_status_t bnn_quantize_f32_s8(int32_t size, const float *in, float scale, int32_t zero_point,
                                  bnn_rounding_t rounding, int32_t qmin, int32_t qmax,
                                  int8_t *out);

@@ -58,13 +58,15 @@ bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8
             params->affine_offset >= BNN_AFFINE_OFFSET_LIMIT) {
             return BNN_ERROR_ARGUMENT;
         }
+        const int64_t ready = bnn_affine_ready_offset(params->affine_offset,
+                                                      params->affine_shift);
+        const int32_t ma = params->affine_mult[0], mb = params->affine_mult[1];
+        const int32_t za = params->a_zero_point, zb = params->b_zero_point;
+        const int32_t shift = params->affine_shift, lo = params->act_min, hi = params->act_max;
         for (i = 0; i < size; ++i) {
-            /* |each term| <= 255 * 2^31 < 2^40, |offset| < 2^62: no overflow */
-            int64_t t = (int64_t)(a[i] - params->a_zero_point) * params->affine_mult[0] +
-                        (int64_t)(b[i] - params->b_zero_point) * params->affine_mult[1] +
-                        params->affine_offset;
-            out[i] = (int8_t)bnn_round_shift_clamp(t, params->affine_shift, params->act_min,
-                                                   params->act_max);
+            /* |each term| <= 255 * 2^31 < 2^40, |ready| < 2^62 + 2^61: no overflow */
+            int64_t u = (int64_t)(a[i] - za) * ma + (int64_t)(b[i] - zb) * mb + ready;
+            out[i] = (int8_t)bnn_round_ready_clamp(u, shift, lo, hi);
         }
         return BNN_OK;
     }

@@ -92,6 +92,7 @@
 #define BNN_BCONV2D_ACC_LIMIT ((int64_t)1 << 30) /* KH * KW * C stays below */
 #define BNN_BCONV2D_BYTE_RUN 31          /* words whose byte counts fit one byte (31 * 8) */
 #define BNN_BCONV2D_WINDOW_WORDS 72      /* M7 path: largest window copied to the stack */
+#define BNN_BCONV2D_STREAM_WORDS 256     /* M7 path: filters' bit streams (C < 32), stack */
 
 typedef struct {
     int32_t h, w, c, nw;      /* input rows, columns, logical channels, words per pixel */
@@ -280,11 +281,14 @@ static void bnn_bconv2d_emit(const bnn_bconv2d_geom_t *g, const bnn_output_t *ou
         return;
     }
     if (output->kind == BNN_OUT_AFFINE) {
+        /* locals: the int8 stores may alias *output, these cannot */
         int8_t *dst = (int8_t *)out + (size_t)pixel * (size_t)g->o + (size_t)o0;
+        const int32_t *mult = output->a_mult + o0;
+        const int64_t *offset = output->a_offset + o0;
+        const int8_t *shift = output->a_shift + o0;
+        const int32_t lo = output->act_min, hi = output->act_max;
         for (k = 0; k < n; ++k) {
-            dst[k] = (int8_t)bnn_affine(acc[k], output->a_mult[o0 + k], output->a_offset[o0 + k],
-                                        output->a_shift[o0 + k], output->act_min,
-                                        output->act_max);
+            dst[k] = (int8_t)bnn_affine(acc[k], mult[k], offset[k], shift[k], lo, hi);
         }
         return;
     }
@@ -337,12 +341,14 @@ static int32_t bnn_bconv2d_acc_plain(const bnn_bconv2d_geom_t *g, const uint32_t
 }
 
 static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
-                              const uint32_t *filter, int32_t y, int32_t x, int32_t o0, int32_t n,
-                              int32_t *acc)
+                              const uint32_t *filter, const uint32_t *fstream, int32_t swords,
+                              int32_t y, int32_t x, int32_t o0, int32_t n, int32_t *acc)
 {
     int32_t iy0 = y * g->sh - g->pt;
     int32_t ix0 = x * g->sw - g->pl;
     int32_t k;
+    (void)fstream;
+    (void)swords;
     for (k = 0; k < n; ++k) {
         acc[k] = bnn_bconv2d_acc_plain(g, in, filter + (size_t)(o0 + k) * (size_t)g->filter_words,
                                        iy0, ix0);
@@ -372,18 +378,48 @@ static inline uint32_t bnn_bconv2d_sum_bytes(uint32_t bytes, uint32_t total)
 #endif
 }
 
-/* total + sum_{k < n} popcount(a[k] ^ b[k]) */
+/* The popcount of each 4-bit group of v, in that group (0..4): the first two SWAR steps, with
+ * the masks m1 = 0x55555555 and m2 = 0x33333333 given by the caller (held in registers, so that
+ * each AND takes its shifted operand in one instruction on the Cortex-M7). Three such words can
+ * be added with no carry between groups (<= 12 each). */
+static inline uint32_t bnn_bconv2d_nibble_counts(uint32_t v, uint32_t m1, uint32_t m2)
+{
+    v = v - ((v >> 1) & m1);
+    return (v & m2) + ((v >> 2) & m2);
+}
+
+/* total + the sum of the groups of `nib` (each <= 15; m4 = 0x0F0F0F0F): folded into bytes,
+ * then USADA8. */
+static inline uint32_t bnn_bconv2d_sum_nibbles(uint32_t nib, uint32_t m4, uint32_t total)
+{
+    return bnn_bconv2d_sum_bytes((nib & m4) + ((nib >> 4) & m4), total);
+}
+
+/* The three masks, hidden from constant propagation once per run (see above). */
+#if BNN_BCONV2D_DSP
+#define BNN_BCONV2D_MASKS                                                                      \
+    uint32_t m1 = 0x55555555u, m2 = 0x33333333u, m4 = 0x0F0F0F0Fu;                            \
+    __asm__("" : "+r"(m1), "+r"(m2), "+r"(m4))
+#else
+#define BNN_BCONV2D_MASKS const uint32_t m1 = 0x55555555u, m2 = 0x33333333u, m4 = 0x0F0F0F0Fu
+#endif
+#define BNN_NIB(v) bnn_bconv2d_nibble_counts((v), m1, m2)
+
+/* total + sum_{k < n} popcount(a[k] ^ b[k]): three words per step counted in 4-bit groups */
 static uint32_t bnn_bconv2d_xor_run(const uint32_t *a, const uint32_t *b, int32_t n,
                                     uint32_t total)
 {
-    while (n > 0) {
-        int32_t m = n < BNN_BCONV2D_BYTE_RUN ? n : BNN_BCONV2D_BYTE_RUN;
-        uint32_t bytes = 0;
-        n -= m;
-        for (; m > 0; --m) {
-            bytes += bnn_bconv2d_byte_counts(*a++ ^ *b++);
+    BNN_BCONV2D_MASKS;
+    for (; n >= 3; n -= 3, a += 3, b += 3) {
+        uint32_t nib = BNN_NIB(a[0] ^ b[0]) + BNN_NIB(a[1] ^ b[1]) + BNN_NIB(a[2] ^ b[2]);
+        total = bnn_bconv2d_sum_nibbles(nib, m4, total);
+    }
+    if (n > 0) {
+        uint32_t nib = BNN_NIB(a[0] ^ b[0]);
+        if (n > 1) {
+            nib += BNN_NIB(a[1] ^ b[1]);
         }
-        total = bnn_bconv2d_sum_bytes(bytes, total);
+        total = bnn_bconv2d_sum_nibbles(nib, m4, total);
     }
     return total;
 }
@@ -395,18 +431,23 @@ static void bnn_bconv2d_xor_run2(const uint32_t *a, const uint32_t *b1, const ui
 {
     uint32_t total1 = 0;
     uint32_t total2 = 0;
-    while (n > 0) {
-        int32_t m = n < BNN_BCONV2D_BYTE_RUN ? n : BNN_BCONV2D_BYTE_RUN;
-        uint32_t bytes1 = 0;
-        uint32_t bytes2 = 0;
-        n -= m;
-        for (; m > 0; --m) {
-            uint32_t x = *a++;
-            bytes1 += bnn_bconv2d_byte_counts(x ^ *b1++);
-            bytes2 += bnn_bconv2d_byte_counts(x ^ *b2++);
+    BNN_BCONV2D_MASKS;
+    for (; n >= 3; n -= 3, a += 3, b1 += 3, b2 += 3) {
+        uint32_t x0 = a[0], x1 = a[1], x2 = a[2];
+        uint32_t nib1 = BNN_NIB(x0 ^ b1[0]) + BNN_NIB(x1 ^ b1[1]) + BNN_NIB(x2 ^ b1[2]);
+        uint32_t nib2 = BNN_NIB(x0 ^ b2[0]) + BNN_NIB(x1 ^ b2[1]) + BNN_NIB(x2 ^ b2[2]);
+        total1 = bnn_bconv2d_sum_nibbles(nib1, m4, total1);
+        total2 = bnn_bconv2d_sum_nibbles(nib2, m4, total2);
+    }
+    if (n > 0) {
+        uint32_t nib1 = BNN_NIB(a[0] ^ b1[0]);
+        uint32_t nib2 = BNN_NIB(a[0] ^ b2[0]);
+        if (n > 1) {
+            nib1 += BNN_NIB(a[1] ^ b1[1]);
+            nib2 += BNN_NIB(a[1] ^ b2[1]);
         }
-        total1 = bnn_bconv2d_sum_bytes(bytes1, total1);
-        total2 = bnn_bconv2d_sum_bytes(bytes2, total2);
+        total1 = bnn_bconv2d_sum_nibbles(nib1, m4, total1);
+        total2 = bnn_bconv2d_sum_nibbles(nib2, m4, total2);
     }
     *t1 = total1;
     *t2 = total2;
@@ -415,16 +456,40 @@ static void bnn_bconv2d_xor_run2(const uint32_t *a, const uint32_t *b1, const ui
 /* total + sum_{k < n} popcount(b[k]) */
 static uint32_t bnn_bconv2d_pop_run(const uint32_t *b, int32_t n, uint32_t total)
 {
-    while (n > 0) {
-        int32_t m = n < BNN_BCONV2D_BYTE_RUN ? n : BNN_BCONV2D_BYTE_RUN;
-        uint32_t bytes = 0;
-        n -= m;
-        for (; m > 0; --m) {
-            bytes += bnn_bconv2d_byte_counts(*b++);
-        }
-        total = bnn_bconv2d_sum_bytes(bytes, total);
+    BNN_BCONV2D_MASKS;
+    for (; n >= 3; n -= 3, b += 3) {
+        uint32_t nib = BNN_NIB(b[0]) + BNN_NIB(b[1]) + BNN_NIB(b[2]);
+        total = bnn_bconv2d_sum_nibbles(nib, m4, total);
+    }
+    for (; n > 0; --n, ++b) {
+        total = bnn_bconv2d_sum_nibbles(BNN_NIB(*b), m4, total);
     }
     return total;
+}
+#undef BNN_NIB
+#undef BNN_BCONV2D_MASKS
+
+/* Concatenates `taps` words of `c` < 32 significant bits (the bits above c are 0) into a bit
+ * stream: bit k of word t lands at stream bit t * c + k; `words` = ceil(taps * c / 32) words
+ * are written (the tail bits 0). Two streams made this way from a window and from a filter
+ * differ exactly where the taps' channels differ. */
+static void bnn_bconv2d_stream(const uint32_t *src, int32_t taps, int32_t c, uint32_t *dst,
+                               int32_t words)
+{
+    uint32_t pos = 0;
+    int32_t t;
+    for (t = 0; t < words; ++t) {
+        dst[t] = 0;
+    }
+    for (t = 0; t < taps; ++t, pos += (uint32_t)c) {
+        uint32_t v = src[t];
+        uint32_t word = pos >> 5;
+        uint32_t bit = pos & 31u;
+        dst[word] |= v << bit;
+        if (bit + (uint32_t)c > 32u) { /* then bit >= 1: the shift is 1..31 */
+            dst[word + 1u] |= v >> (32u - bit);
+        }
+    }
 }
 
 /* The taps of one output pixel that lie inside the input: rows [i_lo, i_hi) of the kernel,
@@ -554,8 +619,8 @@ static void bnn_bconv2d_accs_gathered(const bnn_bconv2d_geom_t *g, const uint32_
 }
 
 static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
-                              const uint32_t *filter, int32_t y, int32_t x, int32_t o0, int32_t n,
-                              int32_t *acc)
+                              const uint32_t *filter, const uint32_t *fstream, int32_t swords,
+                              int32_t y, int32_t x, int32_t o0, int32_t n, int32_t *acc)
 {
     bnn_bconv2d_window_t win;
     uint32_t buf[BNN_BCONV2D_WINDOW_WORDS];
@@ -568,6 +633,26 @@ static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
     win.full = win.i_lo == 0 && win.i_hi == g->kh && win.j_lo == 0 && win.j_hi == g->kw;
     win.x0 = in + ((size_t)(iy0 + win.i_lo) * (size_t)g->w + (size_t)(ix0 + win.j_lo)) *
                       (size_t)g->nw;
+    if ((win.full || g->pad_value == 1) && g->filter_words <= BNN_BCONV2D_WINDOW_WORDS &&
+        fstream != NULL) {
+        /* C < 32: the window as one bit stream against the filters' streams (full words) */
+        uint32_t stream[BNN_BCONV2D_WINDOW_WORDS];
+        const uint32_t *fs = fstream + (size_t)o0 * (size_t)swords;
+        bnn_bconv2d_gather(g, &win, 0, buf);
+        bnn_bconv2d_stream(buf, g->taps, g->c, stream, swords);
+        for (k = 0; k + 2 <= n; k += 2) {
+            uint32_t t1, t2;
+            bnn_bconv2d_xor_run2(stream, fs + (size_t)k * (size_t)swords,
+                                 fs + (size_t)(k + 1) * (size_t)swords, swords, &t1, &t2);
+            acc[k] = bnn_bconv2d_acc(g->k_all, t1);
+            acc[k + 1] = bnn_bconv2d_acc(g->k_all, t2);
+        }
+        if (k < n) {
+            acc[k] = bnn_bconv2d_acc(
+                g->k_all, bnn_bconv2d_xor_run(stream, fs + (size_t)k * (size_t)swords, swords, 0u));
+        }
+        return;
+    }
     if ((win.full || g->pad_value == 1) && g->filter_words <= BNN_BCONV2D_WINDOW_WORDS) {
         int pair16 = g->nw == 1 && g->c <= 16 && g->taps <= BNN_BCONV2D_BYTE_RUN;
         bnn_bconv2d_gather(g, &win, pair16, buf);
@@ -591,6 +676,11 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
     bnn_bconv2d_geom_t g_one; /* the same geometry with one padding (BNN_OUT_LCE) */
     int32_t acc[BNN_BCONV2D_BLOCK];
     int32_t acc_one[BNN_BCONV2D_BLOCK];
+    const uint32_t *fstream = (const uint32_t *)0; /* the filters' bit streams, if made */
+    int32_t swords = 0;
+#if BNN_BCONV2D_FAST
+    uint32_t fstream_buf[BNN_BCONV2D_STREAM_WORDS];
+#endif
     int32_t y;
     int32_t x;
     int32_t o0;
@@ -601,6 +691,19 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
     }
     g_one = g;
     g_one.pad_value = 1;
+#if BNN_BCONV2D_FAST
+    /* 16 < C < 32: every filter as one bit stream (KH * KW taps of C bits), made once per
+     * call (C <= 16 takes the two-channels-per-word path instead, which is faster there) */
+    swords = (int32_t)(((uint32_t)g.taps * (uint32_t)g.c + 31u) / 32u);
+    if (g.nw == 1 && g.c > 16 && g.c < 32 && g.filter_words <= BNN_BCONV2D_WINDOW_WORDS &&
+        (int64_t)g.o * swords <= BNN_BCONV2D_STREAM_WORDS) {
+        for (o0 = 0; o0 < g.o; ++o0) {
+            bnn_bconv2d_stream(filter + (size_t)o0 * (size_t)g.filter_words, g.taps, g.c,
+                               fstream_buf + (size_t)o0 * (size_t)swords, swords);
+        }
+        fstream = fstream_buf;
+    }
+#endif
     for (y = 0; y < g.oh; ++y) {
         for (x = 0; x < g.ow; ++x) {
             int32_t pixel = y * g.ow + x;
@@ -609,11 +712,11 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
             int border = iy0 < 0 || ix0 < 0 || iy0 + g.kh > g.h || ix0 + g.kw > g.w;
             for (o0 = 0; o0 < g.o; o0 += BNN_BCONV2D_BLOCK) {
                 int32_t n = g.o - o0 < BNN_BCONV2D_BLOCK ? g.o - o0 : BNN_BCONV2D_BLOCK;
-                bnn_bconv2d_pixel(&g, in, filter, y, x, o0, n, acc);
+                bnn_bconv2d_pixel(&g, in, filter, fstream, swords, y, x, o0, n, acc);
                 if (output->kind != BNN_OUT_LCE) {
                     bnn_bconv2d_emit(&g, output, pixel, o0, n, acc, out);
                 } else if (border && g.pad_value == 0) {
-                    bnn_bconv2d_pixel(&g_one, in, filter, y, x, o0, n, acc_one);
+                    bnn_bconv2d_pixel(&g_one, in, filter, fstream, swords, y, x, o0, n, acc_one);
                     bnn_bconv2d_emit_lce(&g, output, pixel, o0, n, acc_one, acc, out);
                 } else {
                     bnn_bconv2d_emit_lce(&g, output, pixel, o0, n, acc, (const int32_t *)0, out);

@@ -55,10 +55,13 @@ static inline int32_t bnn_pw_mac4(int32_t acc, int32_t xl, int32_t xh, int32_t w
  * word two pixels (4 loads, 8 expansions and 8 SMLADs per 16 MACs). Same sums modulo 2^32 as
  * bnn_dot_s8: bit-exact. */
 BNN_ALWAYS_INLINE void bnn_conv_1x1_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
-                                         const bnn_output_t *output, const int8_t *in,
+                                         const bnn_output_t *output_in, const int8_t *in,
                                          int32_t in_w, int32_t in_c, const int8_t *filter,
                                          int32_t out_h, int32_t out_w, int32_t out_c, void *out)
 {
+    /* a local copy: the int8 stores below may alias *output, this cannot */
+    const bnn_output_t local = *output_in;
+    const bnn_output_t *const output = &local;
     const int32_t npix = out_h * out_w;
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t zp = params->input_zero_point;
@@ -127,131 +130,116 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1_body(bnn_out_kind_t kind, const bnn_conv_par
  * (BNN_PATCH_MAX * 2 bytes). Larger windows take the tap-by-tap path. */
 #define BNN_PATCH_MAX 288
 
+/* Where tap k of a window lives in the patch: each group of 4 taps is stored as (t0, t2, t1, t3)
+ * (the two low bits of k swapped). */
+static inline int32_t bnn_patch_slot(int32_t k)
+{
+    return (k & ~3) | ((k & 1) << 1) | ((k >> 1) & 1);
+}
+
+/* The 4 weights of group g of filter w (taps 4g .. 4g + 3) against the patch words: 2 SMLADs. */
+#define BNN_PATCH_MAC(acc, w, g)                                                               \
+    do {                                                                                       \
+        int32_t wv_;                                                                           \
+        memcpy(&wv_, (w) + 4 * (g), 4);                                                        \
+        (acc) = bnn_pw_mac4((acc), p.word[2 * (g)], p.word[2 * (g) + 1], wv_);                \
+    } while (0)
+
 /* Convolution of a small window, Cortex-M7: for each output pixel the window is copied once
- * into an int16 patch, x - zero point (taps in the padding are 0), with each group of 4 taps
- * stored as (t0, t2, t1, t3) so that one 32-bit word pairs with SXTB16 of 4 weights and the
- * other with SXTB16 ror 8; every output channel then reads it with 2 SMLADs per 4 taps, two
- * channels per step. Same sums modulo 2^32 as the plain path: bit-exact. */
+ * into an int16 patch, x - zero point (taps in the padding are 0), each group of 4 taps stored
+ * as (t0, t2, t1, t3) so that one 32-bit word pairs with SXTB16 of 4 weights and the other with
+ * SXTB16 ror 8, and padded with zero taps to a whole group. Every output channel then reads it
+ * with 2 SMLADs per 4 taps, two channels per step. A filter's last, partial group is read as a
+ * whole word too (its bytes past the filter belong to the next filter and meet zero taps), except
+ * for the last filter, whose partial group is added tap by tap (its word would pass the end of
+ * the array). Same sums modulo 2^32 as the plain path: bit-exact. */
 BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
-                                           const bnn_output_t *output, const int8_t *in,
+                                           const bnn_output_t *output_in, const int8_t *in,
                                            int32_t in_h, int32_t in_w, int32_t in_c,
                                            const int8_t *filter, int32_t kh, int32_t kw,
                                            int32_t out_h, int32_t out_w, int32_t out_c, void *out)
 {
-    static const uint8_t slot[4] = {0, 2, 1, 3};
+    /* a local copy: the int8 stores below may alias *output, this cannot */
+    const bnn_output_t local = *output_in;
+    const bnn_output_t *const output = &local;
     union { /* word access to pairs of taps (type punning through a union: C99 TC3) */
         int32_t word[BNN_PATCH_MAX / 2];
         int16_t tap[BNN_PATCH_MAX];
     } p;
     const int32_t taps = kh * kw * in_c;
-    const int32_t groups = taps / 4;
+    const int32_t groups = taps / 4;            /* whole groups */
+    const int32_t all_groups = (taps + 3) / 4;  /* with the partial one */
     const int32_t zp = params->input_zero_point;
-    int32_t oy, ox;
+    int32_t oy, ox, k;
+    for (k = taps; k < 4 * all_groups; ++k) {
+        p.tap[bnn_patch_slot(k)] = 0; /* the padding taps: never written again */
+    }
     for (oy = 0; oy < out_h; ++oy) {
         const int32_t y0 = oy * params->stride_h - params->pad_top;
         for (ox = 0; ox < out_w; ++ox) {
             const int32_t x0 = ox * params->stride_w - params->pad_left;
             const int32_t base = (oy * out_w + ox) * out_c;
-            int32_t i, j, c, k = 0, o = 0;
+            int32_t i, j, c, o = 0;
+            k = 0;
             for (i = 0; i < kh; ++i) {
                 const int32_t iy = y0 + i * params->dilation_h;
                 for (j = 0; j < kw; ++j) {
                     const int32_t ix = x0 + j * params->dilation_w;
-                    const int inside = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w;
-                    const int8_t *src = in + (inside ? (size_t)((iy * in_w + ix) * in_c) : 0u);
-                    for (c = 0; c < in_c; ++c, ++k) {
-                        const int32_t at = k < 4 * groups ? (k & ~3) + slot[k & 3] : k;
-                        p.tap[at] = (int16_t)(inside ? src[c] - zp : 0);
+                    if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
+                        const int8_t *src = in + (size_t)((iy * in_w + ix) * in_c);
+                        for (c = 0; c < in_c; ++c, ++k) {
+                            p.tap[bnn_patch_slot(k)] = (int16_t)(src[c] - zp);
+                        }
+                    } else {
+                        for (c = 0; c < in_c; ++c, ++k) {
+                            p.tap[bnn_patch_slot(k)] = 0;
+                        }
                     }
                 }
             }
-            for (; o + 2 <= out_c; o += 2) {
+            /* pairs of channels whose partial groups can be read whole (not the last filter) */
+            for (; o + 2 < out_c; o += 2) {
                 const int8_t *w0 = filter + (size_t)o * (size_t)taps;
                 const int8_t *w1 = w0 + taps;
                 int32_t a0 = 0, a1 = 0, g;
-                uint32_t u0, u1;
-                for (g = 0; g < groups; ++g) {
-                    int32_t wv0, wv1;
-                    const int32_t xl = p.word[2 * g], xh = p.word[2 * g + 1];
-                    memcpy(&wv0, w0 + 4 * g, 4);
-                    memcpy(&wv1, w1 + 4 * g, 4);
-                    a0 = bnn_pw_mac4(a0, xl, xh, wv0);
-                    a1 = bnn_pw_mac4(a1, xl, xh, wv1);
+                for (g = 0; g < all_groups; ++g) {
+                    BNN_PATCH_MAC(a0, w0, g);
+                    BNN_PATCH_MAC(a1, w1, g);
                 }
-                u0 = (uint32_t)a0;
-                u1 = (uint32_t)a1;
-                for (k = 4 * groups; k < taps; ++k) {
-                    const int32_t x = p.tap[k]; /* the tail (< 4 taps) is stored in order */
-                    u0 += (uint32_t)(w0[k] * x);
-                    u1 += (uint32_t)(w1[k] * x);
-                }
-                bnn_output_store_kind(kind, output, o, bnn_s32_from_u32(u0), out, base + o);
-                bnn_output_store_kind(kind, output, o + 1, bnn_s32_from_u32(u1), out,
-                                      base + o + 1);
+                bnn_output_store_kind(kind, output, o, a0, out, base + o);
+                bnn_output_store_kind(kind, output, o + 1, a1, out, base + o + 1);
             }
-            if (o < out_c) {
+            for (; o < out_c; ++o) { /* the last one or two: the partial group tap by tap */
                 const int8_t *w0 = filter + (size_t)o * (size_t)taps;
                 int32_t a0 = 0, g;
                 uint32_t u0;
                 for (g = 0; g < groups; ++g) {
-                    int32_t wv0;
-                    memcpy(&wv0, w0 + 4 * g, 4);
-                    a0 = bnn_pw_mac4(a0, p.word[2 * g], p.word[2 * g + 1], wv0);
+                    BNN_PATCH_MAC(a0, w0, g);
                 }
                 u0 = (uint32_t)a0;
                 for (k = 4 * groups; k < taps; ++k) {
-                    u0 += (uint32_t)(w0[k] * p.tap[k]);
+                    u0 += (uint32_t)(w0[k] * p.tap[bnn_patch_slot(k)]);
                 }
                 bnn_output_store_kind(kind, output, o, bnn_s32_from_u32(u0), out, base + o);
             }
         }
     }
 }
-
-static void bnn_conv_patch_dsp(const bnn_conv_params_t *params, const bnn_output_t *output,
-                               const int8_t *in, int32_t in_h, int32_t in_w, int32_t in_c,
-                               const int8_t *filter, int32_t kh, int32_t kw, int32_t out_h,
-                               int32_t out_w, int32_t out_c, void *out)
-{
-    if (output->kind == BNN_OUT_AFFINE) {
-        bnn_conv_patch_body(BNN_OUT_AFFINE, params, output, in, in_h, in_w, in_c, filter, kh, kw,
-                            out_h, out_w, out_c, out);
-    } else if (output->kind == BNN_OUT_TFLITE) {
-        bnn_conv_patch_body(BNN_OUT_TFLITE, params, output, in, in_h, in_w, in_c, filter, kh, kw,
-                            out_h, out_w, out_c, out);
-    } else {
-        bnn_conv_patch_body(BNN_OUT_FLOAT, params, output, in, in_h, in_w, in_c, filter, kh, kw,
-                            out_h, out_w, out_c, out);
-    }
-}
-
-/* bnn_conv_1x1_body compiled once per output transform (the store inlined in the loop). */
-static void bnn_conv_1x1_dsp(const bnn_conv_params_t *params, const bnn_output_t *output,
-                             const int8_t *in, int32_t in_w, int32_t in_c, const int8_t *filter,
-                             int32_t out_h, int32_t out_w, int32_t out_c, void *out)
-{
-    if (output->kind == BNN_OUT_AFFINE) {
-        bnn_conv_1x1_body(BNN_OUT_AFFINE, params, output, in, in_w, in_c, filter, out_h, out_w,
-                          out_c, out);
-    } else if (output->kind == BNN_OUT_TFLITE) {
-        bnn_conv_1x1_body(BNN_OUT_TFLITE, params, output, in, in_w, in_c, filter, out_h, out_w,
-                          out_c, out);
-    } else {
-        bnn_conv_1x1_body(BNN_OUT_FLOAT, params, output, in, in_w, in_c, filter, out_h, out_w,
-                          out_c, out);
-    }
-}
+#undef BNN_PATCH_MAC
 #endif
 
-bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
-                           const bnn_output_t *output, const bnn_dims_t *in_dims,
-                           const int8_t *in, const bnn_dims_t *filter_dims, const int8_t *filter,
-                           const bnn_dims_t *out_dims, void *out)
+/* The whole kernel for one output transform `kind` (the argument checks, then the fastest
+ * path for the geometry); output->kind must be `kind`. */
+BNN_ALWAYS_INLINE bnn_status_t conv2d_s8_kind(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                              const bnn_output_t *output,
+                                              const bnn_dims_t *in_dims, const int8_t *in,
+                                              const bnn_dims_t *filter_dims,
+                                              const int8_t *filter, const bnn_dims_t *out_dims,
+                                              void *out)
 {
     int32_t in_h, in_w, in_c, kh, kw, out_h, out_w, out_c, zp;
     int32_t oy, ox, o;
     int64_t filter_size;
-    (void)ctx;
 
     if (params == NULL || in == NULL || filter_dims == NULL || filter == NULL || out == NULL ||
         !bnn_dims_ok(in_dims) || !bnn_dims_ok(out_dims)) {
@@ -277,18 +265,18 @@ bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *pa
         filter_size * in_c * out_c > INT32_MAX) {
         return BNN_ERROR_ARGUMENT;
     }
-    if (bnn_output_check(output, out_c) != BNN_OK) {
+    if (output == NULL || output->kind != kind || bnn_output_check(output, out_c) != BNN_OK) {
         return BNN_ERROR_ARGUMENT;
     }
 
 #if BNN_USE_DSP
     if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
-        bnn_conv_1x1_dsp(params, output, in, in_w, in_c, filter, out_h, out_w, out_c, out);
+        bnn_conv_1x1_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c, out);
         return BNN_OK;
     }
     if (filter_size * in_c <= BNN_PATCH_MAX) {
-        bnn_conv_patch_dsp(params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w,
-                           out_c, out);
+        bnn_conv_patch_body(kind, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
+                            out_w, out_c, out);
         return BNN_OK;
     }
 #endif
@@ -313,9 +301,64 @@ bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *pa
                                          f + (size_t)((i * kw + j) * in_c), in_c, zp);
                     }
                 }
-                bnn_output_store(output, o, bnn_s32_from_u32(acc), out, out_index + o);
+                bnn_output_store_kind(kind, output, o, bnn_s32_from_u32(acc), out, out_index + o);
             }
         }
     }
     return BNN_OK;
+}
+
+/* One entry point per output transform: generated code calls the one its layer needs, so that
+ * the linker (--gc-sections) keeps only the transforms a network uses. */
+bnn_status_t bnn_conv2d_s8_affine(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                  const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                  const int8_t *in, const bnn_dims_t *filter_dims,
+                                  const int8_t *filter, const bnn_dims_t *out_dims, void *out)
+{
+    (void)ctx;
+    return conv2d_s8_kind(BNN_OUT_AFFINE, params, output, in_dims, in, filter_dims, filter,
+                          out_dims, out);
+}
+
+bnn_status_t bnn_conv2d_s8_tflite(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                  const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                  const int8_t *in, const bnn_dims_t *filter_dims,
+                                  const int8_t *filter, const bnn_dims_t *out_dims, void *out)
+{
+    (void)ctx;
+    return conv2d_s8_kind(BNN_OUT_TFLITE, params, output, in_dims, in, filter_dims, filter,
+                          out_dims, out);
+}
+
+bnn_status_t bnn_conv2d_s8_float(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                 const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                 const int8_t *in, const bnn_dims_t *filter_dims,
+                                 const int8_t *filter, const bnn_dims_t *out_dims, void *out)
+{
+    (void)ctx;
+    return conv2d_s8_kind(BNN_OUT_FLOAT, params, output, in_dims, in, filter_dims, filter,
+                          out_dims, out);
+}
+
+bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                           const bnn_output_t *output, const bnn_dims_t *in_dims,
+                           const int8_t *in, const bnn_dims_t *filter_dims, const int8_t *filter,
+                           const bnn_dims_t *out_dims, void *out)
+{
+    if (output == NULL) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    switch (output->kind) {
+    case BNN_OUT_AFFINE:
+        return bnn_conv2d_s8_affine(ctx, params, output, in_dims, in, filter_dims, filter,
+                                    out_dims, out);
+    case BNN_OUT_TFLITE:
+        return bnn_conv2d_s8_tflite(ctx, params, output, in_dims, in, filter_dims, filter,
+                                    out_dims, out);
+    case BNN_OUT_FLOAT:
+        return bnn_conv2d_s8_float(ctx, params, output, in_dims, in, filter_dims, filter,
+                                   out_dims, out);
+    default:
+        return BNN_ERROR_ARGUMENT;
+    }
 }

@@ -49,15 +49,103 @@ static int32_t depthwise_acc(const int8_t *in, const int8_t *filter, int32_t in_
     return bnn_s32_from_u32(acc);
 }
 
+#if BNN_USE_DSP
+/* 4 channels of one tap: x (4 input bytes) - zp against the expanded weights w02 / w13
+ * (SXTB16 and SXTB16 ror 8 of the 4 filter bytes), each product into its channel's sum. */
+#define BNN_DW_TAP(xptr, w02, w13)                                                             \
+    do {                                                                                       \
+        int32_t xv_, x02_, x13_;                                                               \
+        memcpy(&xv_, (xptr), 4);                                                               \
+        x02_ = __sxtab16(neg_zp, xv_);                                                         \
+        x13_ = bnn_sxtab16_ror8(neg_zp, xv_);                                                  \
+        acc0 = __smlabb(x02_, (w02), acc0);                                                    \
+        acc2 = __smlatt(x02_, (w02), acc2);                                                    \
+        acc1 = __smlabb(x13_, (w13), acc1);                                                    \
+        acc3 = __smlatt(x13_, (w13), acc3);                                                    \
+    } while (0)
+
+/* Depthwise 3x3, dilation 1, depth multiplier 1, channels a multiple of 4, Cortex-M7: four
+ * channels at a time over all output pixels, so that their 9 filter words are expanded once
+ * (SXTB16 and SXTB16 ror 8) and kept; a pixel whose window lies inside the input runs the 9
+ * taps unrolled, a border pixel its valid taps only. Same products, same int32 sums modulo
+ * 2^32: bit-exact with the plain path. */
+BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                          const bnn_output_t *output_in, const int8_t *in,
+                                          int32_t in_h, int32_t in_w, int32_t in_c,
+                                          const int8_t *filter, int32_t out_h, int32_t out_w,
+                                          void *out)
+{
+    /* a local copy: the int8 stores below may alias *output, this cannot */
+    const bnn_output_t local = *output_in;
+    const bnn_output_t *const output = &local;
+    const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
+    const int32_t row = in_w * in_c; /* input elements between rows */
+    const int32_t sh = params->stride_h, sw = params->stride_w;
+    int32_t oc;
+    for (oc = 0; oc < in_c; oc += 4) {
+        int32_t w02[9], w13[9];
+        int32_t t, oy, ox;
+        for (t = 0; t < 9; ++t) {
+            int32_t wv;
+            memcpy(&wv, filter + (size_t)(t * in_c + oc), 4);
+            w02[t] = __sxtb16(wv);
+            w13[t] = bnn_sxtb16_ror8(wv);
+        }
+        for (oy = 0; oy < out_h; ++oy) {
+            const int32_t y0 = oy * sh - params->pad_top;
+            const int rows_inside = y0 >= 0 && y0 + 2 < in_h;
+            for (ox = 0; ox < out_w; ++ox) {
+                const int32_t x0 = ox * sw - params->pad_left;
+                const int32_t index = (oy * out_w + ox) * in_c + oc;
+                int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+                if (rows_inside && x0 >= 0 && x0 + 2 < in_w) {
+                    const int8_t *p0 = in + (size_t)((y0 * in_w + x0) * in_c + oc);
+                    const int8_t *p1 = p0 + row;
+                    const int8_t *p2 = p1 + row;
+                    BNN_DW_TAP(p0, w02[0], w13[0]);
+                    BNN_DW_TAP(p0 + in_c, w02[1], w13[1]);
+                    BNN_DW_TAP(p0 + 2 * in_c, w02[2], w13[2]);
+                    BNN_DW_TAP(p1, w02[3], w13[3]);
+                    BNN_DW_TAP(p1 + in_c, w02[4], w13[4]);
+                    BNN_DW_TAP(p1 + 2 * in_c, w02[5], w13[5]);
+                    BNN_DW_TAP(p2, w02[6], w13[6]);
+                    BNN_DW_TAP(p2 + in_c, w02[7], w13[7]);
+                    BNN_DW_TAP(p2 + 2 * in_c, w02[8], w13[8]);
+                } else {
+                    int32_t i_first, i_last, j_first, j_last, i, j;
+                    bnn_valid_taps(y0, in_h, 3, 1, &i_first, &i_last);
+                    bnn_valid_taps(x0, in_w, 3, 1, &j_first, &j_last);
+                    for (i = i_first; i < i_last; ++i) {
+                        for (j = j_first; j < j_last; ++j) {
+                            const int8_t *px =
+                                in + (size_t)(((y0 + i) * in_w + x0 + j) * in_c + oc);
+                            BNN_DW_TAP(px, w02[i * 3 + j], w13[i * 3 + j]);
+                        }
+                    }
+                }
+                bnn_output_store_kind(kind, output, oc, acc0, out, index);
+                bnn_output_store_kind(kind, output, oc + 1, acc1, out, index + 1);
+                bnn_output_store_kind(kind, output, oc + 2, acc2, out, index + 2);
+                bnn_output_store_kind(kind, output, oc + 3, acc3, out, index + 3);
+            }
+        }
+    }
+}
+#undef BNN_DW_TAP
+#endif
+
 /* The loops of bnn_depthwise_conv2d_s8 (arguments checked), compiled once per output
  * transform so that the store is inlined. */
 BNN_ALWAYS_INLINE void depthwise_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
-                                      const bnn_output_t *output, const int8_t *in,
+                                      const bnn_output_t *output_in, const int8_t *in,
                                       int32_t in_h, int32_t in_w, int32_t in_c,
                                       const int8_t *filter, int32_t kh, int32_t kw,
                                       int32_t out_h, int32_t out_w, int32_t channels,
                                       int32_t mult, void *out)
 {
+    /* a local copy: the int8 stores below may alias *output, this cannot */
+    const bnn_output_t local = *output_in;
+    const bnn_output_t *const output = &local;
     const int32_t zp = params->input_zero_point;
     int32_t oy, ox;
     for (oy = 0; oy < out_h; ++oy) {
@@ -114,14 +202,16 @@ BNN_ALWAYS_INLINE void depthwise_body(bnn_out_kind_t kind, const bnn_conv_params
     }
 }
 
-bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
-                                     const bnn_output_t *output, const bnn_dims_t *in_dims,
-                                     const int8_t *in, const bnn_dims_t *filter_dims,
-                                     const int8_t *filter, const bnn_dims_t *out_dims, void *out)
+/* The whole kernel for one output transform `kind` (output->kind must be `kind`). */
+BNN_ALWAYS_INLINE bnn_status_t depthwise_kind(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                              const bnn_output_t *output,
+                                              const bnn_dims_t *in_dims, const int8_t *in,
+                                              const bnn_dims_t *filter_dims,
+                                              const int8_t *filter, const bnn_dims_t *out_dims,
+                                              void *out)
 {
     int32_t in_h, in_w, in_c, kh, kw, out_h, out_w, channels, mult, zp;
     int64_t filter_size;
-    (void)ctx;
 
     if (params == NULL || in == NULL || filter_dims == NULL || filter == NULL || out == NULL ||
         !bnn_dims_ok(in_dims) || !bnn_dims_ok(out_dims)) {
@@ -147,19 +237,78 @@ bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_pa
     if (filter_size > INT32_MAX || filter_size * channels > INT32_MAX) {
         return BNN_ERROR_ARGUMENT;
     }
-    if (bnn_output_check(output, channels) != BNN_OK) {
+    if (output == NULL || output->kind != kind || bnn_output_check(output, channels) != BNN_OK) {
         return BNN_ERROR_ARGUMENT;
     }
 
-    if (output->kind == BNN_OUT_AFFINE) {
-        depthwise_body(BNN_OUT_AFFINE, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
-                       out_w, channels, mult, out);
-    } else if (output->kind == BNN_OUT_TFLITE) {
-        depthwise_body(BNN_OUT_TFLITE, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
-                       out_w, channels, mult, out);
-    } else {
-        depthwise_body(BNN_OUT_FLOAT, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
-                       out_w, channels, mult, out);
+#if BNN_USE_DSP
+    if (mult == 1 && kh == 3 && kw == 3 && params->dilation_h == 1 && params->dilation_w == 1 &&
+        in_c % 4 == 0) {
+        depthwise_3x3_body(kind, params, output, in, in_h, in_w, in_c, filter, out_h, out_w, out);
+        return BNN_OK;
     }
+#endif
+    depthwise_body(kind, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w,
+                   channels, mult, out);
     return BNN_OK;
+}
+
+/* One entry point per output transform (see bnn_conv2d_s8_affine). */
+bnn_status_t bnn_depthwise_conv2d_s8_affine(const bnn_context_t *ctx,
+                                            const bnn_conv_params_t *params,
+                                            const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                            const int8_t *in, const bnn_dims_t *filter_dims,
+                                            const int8_t *filter, const bnn_dims_t *out_dims,
+                                            void *out)
+{
+    (void)ctx;
+    return depthwise_kind(BNN_OUT_AFFINE, params, output, in_dims, in, filter_dims, filter,
+                          out_dims, out);
+}
+
+bnn_status_t bnn_depthwise_conv2d_s8_tflite(const bnn_context_t *ctx,
+                                            const bnn_conv_params_t *params,
+                                            const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                            const int8_t *in, const bnn_dims_t *filter_dims,
+                                            const int8_t *filter, const bnn_dims_t *out_dims,
+                                            void *out)
+{
+    (void)ctx;
+    return depthwise_kind(BNN_OUT_TFLITE, params, output, in_dims, in, filter_dims, filter,
+                          out_dims, out);
+}
+
+bnn_status_t bnn_depthwise_conv2d_s8_float(const bnn_context_t *ctx,
+                                           const bnn_conv_params_t *params,
+                                           const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                           const int8_t *in, const bnn_dims_t *filter_dims,
+                                           const int8_t *filter, const bnn_dims_t *out_dims,
+                                           void *out)
+{
+    (void)ctx;
+    return depthwise_kind(BNN_OUT_FLOAT, params, output, in_dims, in, filter_dims, filter,
+                          out_dims, out);
+}
+
+bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                     const bnn_output_t *output, const bnn_dims_t *in_dims,
+                                     const int8_t *in, const bnn_dims_t *filter_dims,
+                                     const int8_t *filter, const bnn_dims_t *out_dims, void *out)
+{
+    if (output == NULL) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    switch (output->kind) {
+    case BNN_OUT_AFFINE:
+        return bnn_depthwise_conv2d_s8_affine(ctx, params, output, in_dims, in, filter_dims,
+                                              filter, out_dims, out);
+    case BNN_OUT_TFLITE:
+        return bnn_depthwise_conv2d_s8_tflite(ctx, params, output, in_dims, in, filter_dims,
+                                              filter, out_dims, out);
+    case BNN_OUT_FLOAT:
+        return bnn_depthwise_conv2d_s8_float(ctx, params, output, in_dims, in, filter_dims,
+                                             filter, out_dims, out);
+    default:
+        return BNN_ERROR_ARGUMENT;
+    }
 }

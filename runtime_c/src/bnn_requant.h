@@ -14,7 +14,7 @@
  *  - TFLite MultiplyByQuantizedMultiplier (gemmlowp SaturatingRoundingDoublingHighMul, then
  *    RoundingDivideByPOT), as reference.multiply_by_quantized_multiplier;
  *  - the QKeras affine transform clamp(round_half_even((acc * M + B) / 2^S)), as
- *    transforms.shift_round_half_even;
+ *    transforms.shift_round_half_even, from the rounding-ready offset B + 2^(S-1);
  *  - the float transform f32(f32(f32(acc) * scale) + offset) and its activation;
  *  - the per-output-channel dispatch of MAC ops (bnn_output_check / bnn_output_store);
  *  - argument checks shared by the kernels (dims, window geometry);
@@ -57,14 +57,29 @@ static inline int32_t bnn_s32_from_u32(uint32_t u)
 }
 
 /* floor(x / 2^e) for 0 <= e <= 31 (an arithmetic right shift). For x < 0, ~x = -x - 1 >= 0
- * and floor(x / 2^e) = -1 - floor((-x - 1) / 2^e), so only a non-negative value is shifted. */
+ * and floor(x / 2^e) = -1 - floor((-x - 1) / 2^e), so only a non-negative value is shifted.
+ * On ARM it is the ASR instruction itself (which is exactly this floor division), written in
+ * assembly so that no implementation-defined C shift is involved. */
 static inline int32_t bnn_asr32(int32_t x, int32_t e)
 {
+#if defined(__arm__) && defined(__GNUC__) && !defined(BNN_FORCE_PLAIN_C)
+    int32_t r;
+    __asm__("asr %0, %1, %2" : "=r"(r) : "r"(x), "r"(e));
+    return r;
+#else
     if (x >= 0) {
         return x >> e;
     }
     return -1 - (int32_t)(~(uint32_t)x >> e);
+#endif
 }
+
+/* Branch hints for rare cases (exact ties of the roundings). */
+#if defined(__GNUC__)
+#define BNN_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define BNN_UNLIKELY(x) (x)
+#endif
 
 /* floor(t / 2^s) for 1 <= s <= 63 (an arithmetic right shift), by an offset: u = t + 2^63
  * (computed as the bit pattern of t with the top bit flipped) lies in [0, 2^64), so
@@ -90,18 +105,20 @@ static inline int32_t bnn_clamp(int64_t v, int32_t lo, int32_t hi)
 /* ---- TFLite requantization -------------------------------------------------------------- */
 
 /* gemmlowp SaturatingRoundingDoublingHighMul: (a * b + nudge) / 2^31 truncated toward zero,
- * nudge = 2^30 if a * b >= 0 else 1 - 2^30; a == b == INT32_MIN saturates to INT32_MAX. */
+ * nudge = 2^30 if a * b >= 0 else 1 - 2^30; a == b == INT32_MIN saturates to INT32_MAX.
+ * For both signs that is floor((a * b + 2^30) / 2^31) (for a * b = -m < 0, truncating
+ * (-m + 1 - 2^30) / 2^31 toward zero gives -floor((m + 2^30 - 1) / 2^31) =
+ * floor((-m + 2^30) / 2^31)), computed here as bits 31..62 of the 64-bit sum: one SMULL, an
+ * add with carry and two shifts (the sum is below 2^62 + 2^30 in magnitude). */
 static inline int32_t bnn_srdhm(int32_t a, int32_t b)
 {
-    int64_t ab;
-    int64_t nudge;
-    if (a == INT32_MIN && b == INT32_MIN) {
+    uint64_t t;
+    if (BNN_UNLIKELY(a == INT32_MIN && b == INT32_MIN)) {
         return INT32_MAX;
     }
-    ab = (int64_t)a * (int64_t)b;
-    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    /* |ab + nudge| < 2^62 + 2^30 and the quotient fits int32 (C division truncates) */
-    return (int32_t)((ab + nudge) / ((int64_t)1 << 31));
+    t = (uint64_t)((int64_t)a * (int64_t)b) + ((uint64_t)1 << 30); /* modulo 2^64 */
+    /* bits 31..62 of t: the floor division, which fits int32 here */
+    return bnn_s32_from_u32(((uint32_t)(t >> 32) << 1) | ((uint32_t)t >> 31));
 }
 
 /* gemmlowp RoundingDivideByPOT, 0 <= e <= 31: x / 2^e rounded half away from zero.
@@ -143,67 +160,83 @@ static inline int32_t bnn_mbqm_single(int32_t x, int32_t q, int32_t shift)
 
 /* ---- QKeras affine transform ------------------------------------------------------------ */
 
-/* Bound on |B| accepted by the kernels: with |acc * M| <= 2^62 the sum acc * M + B cannot
- * overflow int64 (the lowering keeps |B| below 2^61). */
+/* Bound on |offset| accepted by the kernels: with |acc * M| <= 2^62 the sum acc * M + offset
+ * cannot overflow int64 (the lowering keeps |B| below 2^61, so the rounding-ready offset
+ * B + 2^(S-1) stays below 2^62). */
 #define BNN_AFFINE_OFFSET_LIMIT ((int64_t)1 << 62)
 
-/* clamp(round_half_even(t / 2^shift), lo, hi), 1 <= shift <= 62, -2^31 <= lo <= hi < 2^31;
- * bnn_affine: t = acc * mult + offset with |offset| < 2^62 (so |t| < 2^63; one SMLAL on the
- * Cortex-M7).
- *
- * The reference computes (t + 2^(s-1) - 1 + ((t >> s) & 1)) >> s (arithmetic shifts). With
- * q = floor(t / 2^s) and r = t - q * 2^s in [0, 2^s), that is q + up, up = 1 exactly when
- * r > 2^(s-1), or r == 2^(s-1) and q is odd. It is computed here on the two 32-bit halves of
- * t = th * 2^32 + tl (th signed, tl unsigned), with no intermediate that can overflow and no
- * 64-bit shift by a variable amount (a dozen instructions on the Cortex-M7). Clamping q first is exact: q >= hi gives hi either way, and
- * q < lo gives q + up <= lo, which clamps to lo.
- *  - s >= 32, k = s - 32: q = floor(th / 2^k); r = (th mod 2^k) * 2^32 + tl, compared with
- *    2^(s-1) through its high half (k >= 1), or as tl against 2^31 (k = 0).
- *  - s < 32: q = th * 2^(32 - s) + floor(tl / 2^s); it fits int32 iff
- *    -2^(s-1) <= th < 2^(s-1) (otherwise it is clamped at once); r = tl mod 2^s. */
-static inline int32_t bnn_round_shift_clamp(int64_t t64, int32_t shift, int32_t lo, int32_t hi)
+/* The rounding-ready offset of the affine transform: B + 2^(shift - 1), 1 <= shift <= 62,
+ * |B| < 2^62 (the sum stays below 2^63). bnn_output_t.a_offset holds it (the generator and
+ * validation/kernel_calls.py compute it at generation time); scalar offsets (Add, one channel)
+ * are made ready once per call with this. */
+static inline int64_t bnn_affine_ready_offset(int64_t offset, int32_t shift)
 {
-    uint64_t t = (uint64_t)t64;
-    uint32_t tl = (uint32_t)t;
-    int32_t th = bnn_s32_from_u32((uint32_t)(t >> 32));
+    return offset + ((int64_t)1 << (shift - 1));
+}
+
+/* clamp(round_half_even((u - 2^(shift-1)) / 2^shift), lo, hi) for 1 <= shift <= 62,
+ * -2^31 <= lo <= hi < 2^31, any int64 u: u = t + 2^(shift-1) is the sum with the
+ * rounding-ready offset already in it.
+ *
+ * The reference rounds t / 2^s half to even. floor(u / 2^s) = floor((t + 2^(s-1)) / 2^s) is t
+ * rounded half up; it differs from half even only at an exact tie (u mod 2^s == 0) with an odd
+ * quotient, which then takes one less. On the two 32-bit halves u = uh * 2^32 + ul (uh signed,
+ * ul unsigned), with no 64-bit shift by a variable amount (on the Cortex-M7: SMLAL for u, then
+ * an ASR, a tie test and the clamp):
+ *  - s >= 32, k = s - 32: q = floor(uh / 2^k); the remainder is zero when ul == 0 and the low
+ *    k bits of uh are (uh << (32 - k), written as two shifts so that k = 0 shifts out all).
+ *  - s < 32: q = uh * 2^(32 - s) + floor(ul / 2^s), which fits int32 iff
+ *    -2^(s-1) <= uh < 2^(s-1) (otherwise the result is clamped at once); the remainder is zero
+ *    when the low s bits of ul are. */
+BNN_ALWAYS_INLINE int32_t bnn_round_ready_clamp(int64_t u64, int32_t shift, int32_t lo,
+                                                int32_t hi)
+{
+    uint64_t u = (uint64_t)u64;
+    uint32_t ul = (uint32_t)u;
+    int32_t uh = bnn_s32_from_u32((uint32_t)(u >> 32));
     int32_t q;
-    int up;
     if (shift >= 32) {
         int32_t k = shift - 32;
-        q = bnn_asr32(th, k);
-        if (k == 0) {
-            up = tl > 0x80000000u || (tl == 0x80000000u && ((uint32_t)q & 1u) != 0u);
-        } else {
-            uint32_t rh = (uint32_t)th & (((uint32_t)1 << k) - 1u);
-            uint32_t half = (uint32_t)1 << (k - 1);
-            up = rh > half || (rh == half && (tl != 0u || ((uint32_t)q & 1u) != 0u));
+        q = bnn_asr32(uh, k);
+        /* a tie needs ul == 0 (rare): only then look at the low k bits of uh */
+        if (BNN_UNLIKELY(ul == 0u) && (((uint32_t)uh << 1) << (31 - k)) == 0u) {
+            q -= (int32_t)((uint32_t)q & 1u); /* q odd: q > INT32_MIN */
         }
     } else {
         int32_t limit = (int32_t)1 << (shift - 1); /* shift <= 31: at most 2^30 */
-        uint32_t r = tl & (((uint32_t)1 << shift) - 1u);
-        uint32_t half = (uint32_t)1 << (shift - 1);
-        if (th >= limit) {
+        if (uh >= limit) {
             return hi;
         }
-        if (th < -limit) {
+        if (uh < -limit) {
             return lo;
         }
-        q = bnn_s32_from_u32(((uint32_t)th << (32 - shift)) + (tl >> shift));
-        up = r > half || (r == half && ((uint32_t)q & 1u) != 0u);
+        q = bnn_s32_from_u32(((uint32_t)uh << (32 - shift)) + (ul >> shift));
+        if (BNN_UNLIKELY((ul << (32 - shift)) == 0u)) {
+            q -= (int32_t)((uint32_t)q & 1u);
+        }
     }
-    if (q >= hi) {
+    /* (an exact tie with an odd q: half to even takes q - 1) */
+    if (q > hi) {
         return hi;
     }
     if (q < lo) {
         return lo;
     }
-    return q + up;
+    return q;
 }
 
-static inline int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, int32_t shift,
-                                 int32_t lo, int32_t hi)
+/* clamp(round_half_even((acc * mult + B) / 2^shift), lo, hi) with offset = B + 2^(shift-1)
+ * (bnn_affine_ready_offset), |offset| < 2^62: one SMLAL, then bnn_round_ready_clamp. */
+BNN_ALWAYS_INLINE int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, int32_t shift,
+                                     int32_t lo, int32_t hi)
 {
-    return bnn_round_shift_clamp((int64_t)acc * (int64_t)mult + offset, shift, lo, hi);
+#if defined(__arm__) && defined(__GNUC__) && !defined(BNN_FORCE_PLAIN_C)
+    /* SMLAL itself: in unrolled loops GCC may otherwise build a full 64 x 64 multiply */
+    __asm__("smlal %Q0, %R0, %1, %2" : "+r"(offset) : "r"(acc), "r"(mult));
+    return bnn_round_ready_clamp(offset, shift, lo, hi);
+#else
+    return bnn_round_ready_clamp((int64_t)acc * (int64_t)mult + offset, shift, lo, hi);
+#endif
 }
 
 /* ---- float transform -------------------------------------------------------------------- */
@@ -240,7 +273,8 @@ static inline int bnn_zero_point_ok(int32_t zp)
 
 /* Checks `output` for an int8 MAC op with `channels` output channels (reads the per-channel
  * shifts and offsets once): BNN_OUT_TFLITE needs q_mult and q_shift (shifts in [-31, 31]; bias
- * may be NULL), BNN_OUT_AFFINE a_mult, a_shift (1 .. 62) and a_offset (|B| < 2^62), both an
+ * may be NULL), BNN_OUT_AFFINE a_mult, a_shift (1 .. 62) and a_offset (the rounding-ready
+ * B + 2^(a_shift-1), |a_offset| < 2^62), both an
  * int8 zero point and [act_min, act_max] within [-128, 127]; BNN_OUT_FLOAT f_scale, f_offset
  * and a known activation. BNN_OUT_THRESHOLD (binary output) is not an int8 op's. */
 static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t channels)
@@ -293,8 +327,8 @@ static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t 
  * accumulator `acc` of output channel `o`; `output` has passed bnn_output_check.
  *   TFLITE: clamp(MBQM(acc + bias[o], q_mult[o], q_shift[o]) + out_zero_point, act_min, act_max)
  *           (acc + bias wraps like int32)
- *   AFFINE: clamp(round_half_even((acc * a_mult[o] + a_offset[o]) / 2^a_shift[o]), act_min,
- *           act_max)
+ *   AFFINE: clamp(round_half_even((acc * a_mult[o] + B[o]) / 2^a_shift[o]), act_min,
+ *           act_max), a_offset[o] = B[o] + 2^(a_shift[o]-1)
  *   FLOAT:  f32(f32(f32(acc) * f_scale[o]) + f_offset[o]), then float_activation
  * Float outputs are stored with memcpy: `out` needs no particular alignment. */
 BNN_ALWAYS_INLINE void bnn_output_store_kind(bnn_out_kind_t kind, const bnn_output_t *output,
