@@ -131,3 +131,64 @@ def test_affine_exact(backend: Any, kind: str) -> None:
     )
     if kind == "ties":
         assert len(cases) > 1500
+
+
+@pytest.fixture(scope="module")
+def runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The whole runtime on the host (sanitized under BNN_C_SANITIZE) for the Add kernel."""
+    from bnncube.runtime_c.build import runtime_sources
+
+    sanitize = os.environ.get("BNN_C_SANITIZE") == "1"
+    build_dir = tmp_path_factory.mktemp("add")
+    return HostBackend(
+        Path(build_host_library(build_dir, sources=runtime_sources(), sanitize=sanitize))
+    )
+
+
+@pytest.mark.parametrize("shift", [1, 2, 17, 30, 31, 32, 33, 40, 61, 62])
+def test_add_affine_every_shift(runtime: Any, shift: int) -> None:
+    """bnn_add_s8's affine path (computed apart for shift < 32 and >= 32) against Python's exact
+    integers: every pair of int8 values, random multipliers and offsets, and tie-heavy constants
+    (each sum an odd multiple of 2^(shift-1) for half of the pairs)."""
+    from bnncube.runtime_c.cabi import OUT_AFFINE, Struct
+
+    rng = np.random.default_rng(shift)
+    a = np.repeat(np.arange(-128, 128, dtype=np.int8), 256)
+    b = np.tile(np.arange(-128, 128, dtype=np.int8), 256)
+    half = 1 << (shift - 1)
+    cases = [  # (M_a, M_b, B): random over the contract (|B| < 2^61 here)
+        (
+            int(rng.integers(-(1 << 31), 1 << 31)),
+            int(rng.integers(-(1 << 31), 1 << 31)),
+            int(rng.integers(-(1 << 61), 1 << 61)),
+        )
+        for _ in range(2)
+    ]
+    # ties: M a power of two and B a multiple of it, plus a multiple of 2^shift
+    m = 1 << min(shift - 1, 30)
+    step = int(rng.integers(-(1 << max(0, 60 - shift)), 1 << max(0, 60 - shift))) << shift
+    cases.append((m, m, (half if shift - 1 > 30 else 0) + step))
+    cases.append((m, -m, (-half - m if shift - 1 > 30 else 0) - step))
+    for ma, mb, offset in cases:
+        za, zb = (int(v) for v in rng.integers(-128, 128, 2))
+        lo, hi = (-128, 127) if rng.random() < 0.5 else (-20, 90)
+        params = Struct(
+            "bnn_add_params_t",
+            kind=OUT_AFFINE,
+            a_zero_point=za,
+            b_zero_point=zb,
+            affine_mult0=ma,
+            affine_mult1=mb,
+            affine_shift=shift,
+            affine_offset=offset,
+            act_min=lo,
+            act_max=hi,
+        )
+        out = np.zeros(a.size, np.int8)
+        assert runtime.call("bnn_add_s8", params, a.size, a, b, out) == 0
+        want = [
+            expected(1, (int(x) - za) * ma + (int(y) - zb) * mb + offset + half, 0, shift, lo, hi)
+            for x, y in zip(a.tolist(), b.tolist(), strict=True)
+        ]
+        bad = np.flatnonzero(out != np.asarray(want))
+        assert bad.size == 0, (ma, mb, offset, za, zb, int(a[bad[0]]), int(b[bad[0]]))

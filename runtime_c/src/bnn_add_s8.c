@@ -63,10 +63,45 @@ bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8
         const int32_t ma = params->affine_mult[0], mb = params->affine_mult[1];
         const int32_t za = params->a_zero_point, zb = params->b_zero_point;
         const int32_t shift = params->affine_shift, lo = params->act_min, hi = params->act_max;
-        for (i = 0; i < size; ++i) {
-            /* |each term| <= 255 * 2^31 < 2^40, |ready| < 2^62 + 2^61: no overflow */
-            int64_t u = (int64_t)(a[i] - za) * ma + (int64_t)(b[i] - zb) * mb + ready;
-            out[i] = (int8_t)bnn_round_ready_clamp(u, shift, lo, hi);
+        if (shift >= 32) {
+            /* the usual case, unswitched: the quotient is the high word shifted by k */
+            const int32_t k = shift - 32;
+            for (i = 0; i < size; ++i) {
+                int64_t u = (int64_t)(a[i] - za) * ma + (int64_t)(b[i] - zb) * mb + ready;
+                uint32_t ul = (uint32_t)(uint64_t)u;
+                int32_t uh = bnn_s32_from_u32((uint32_t)((uint64_t)u >> 32));
+                int32_t q = bnn_asr32(uh, k);
+                if (BNN_UNLIKELY(ul == 0u) && (((uint32_t)uh << 1) << (31 - k)) == 0u) {
+                    q -= (int32_t)((uint32_t)q & 1u); /* an exact tie: half to even */
+                }
+                out[i] = (int8_t)(q > hi ? hi : (q < lo ? lo : q));
+            }
+            return BNN_OK;
+        }
+        {
+            /* shift < 32, unswitched: q = uh * 2^(32 - shift) + floor(ul / 2^shift), with uh
+             * limited to [-2^(shift-1), 2^(shift-1)) first (beyond it the result is clamped) */
+            const int32_t limit = (int32_t)1 << (shift - 1);
+            const int32_t up = 32 - shift;
+            for (i = 0; i < size; ++i) {
+                /* |each term| <= 255 * 2^31 < 2^40, |ready| < 2^62 + 2^61: no overflow */
+                int64_t u = (int64_t)(a[i] - za) * ma + (int64_t)(b[i] - zb) * mb + ready;
+                uint32_t ul = (uint32_t)(uint64_t)u;
+                int32_t uh = bnn_s32_from_u32((uint32_t)((uint64_t)u >> 32));
+                int32_t q;
+                if (uh >= limit) {
+                    q = hi;
+                } else if (uh < -limit) {
+                    q = lo;
+                } else {
+                    q = bnn_s32_from_u32(((uint32_t)uh << up) + (ul >> shift));
+                    if (BNN_UNLIKELY((ul << up) == 0u)) {
+                        q -= (int32_t)((uint32_t)q & 1u); /* an exact tie: half to even */
+                    }
+                    q = q > hi ? hi : (q < lo ? lo : q);
+                }
+                out[i] = (int8_t)q;
+            }
         }
         return BNN_OK;
     }

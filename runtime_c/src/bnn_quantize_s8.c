@@ -32,15 +32,37 @@
  * the output range is within [-128, 127]). */
 #define QUANTIZE_LIMIT 1024.0f
 
+/* The Cortex-M7's FPv5 (double precision present: not the Cortex-M4's FPv4) converts with a
+ * rounding of its own: VCVTA (to nearest, ties away from zero) and VCVTN (ties to even),
+ * saturating to int32 (NaN is handled before). */
+#if defined(__ARM_ARCH_7EM__) && defined(__ARM_FP) && (__ARM_FP & 8) && defined(__GNUC__) &&     \
+    !defined(BNN_FORCE_PLAIN_C)
+#define BNN_QUANTIZE_VCVT 1
+#else
+#define BNN_QUANTIZE_VCVT 0
+#endif
+
 /* round(v) + zero_point, clamped to [qmin, qmax] */
-static int8_t quantize_one(float v, bnn_rounding_t rounding, int32_t zero_point, int32_t qmin,
-                           int32_t qmax)
+static inline int8_t quantize_one(float v, bnn_rounding_t rounding, int32_t zero_point,
+                                  int32_t qmin, int32_t qmax)
 {
     float magnitude;
     int32_t r;
     if (v != v) { /* NaN */
         return (int8_t)qmin;
     }
+#if BNN_QUANTIZE_VCVT
+    {
+        float t;
+        if (rounding == BNN_ROUND_HALF_AWAY) {
+            __asm__("vcvta.s32.f32 %0, %1" : "=t"(t) : "t"(v));
+        } else {
+            __asm__("vcvtn.s32.f32 %0, %1" : "=t"(t) : "t"(v));
+        }
+        __asm__("vmov %0, %1" : "=r"(r) : "t"(t));
+        return (int8_t)bnn_clamp((int64_t)r + zero_point, qmin, qmax);
+    }
+#endif
     magnitude = v < 0.0f ? -v : v;
     if (!(magnitude < QUANTIZE_LIMIT)) {
         magnitude = QUANTIZE_LIMIT; /* also +inf */
