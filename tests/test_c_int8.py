@@ -390,6 +390,8 @@ CONV_CASES: list[tuple[Geo, int, int, int]] = [
     (Geo(1, 1, 1, 1), 70, 40, 127),  # 1x1 spatial, pointwise
     (Geo(7, 7, 1, 1, stride=(2, 2)), 24, 16, 3),  # pointwise, stride 2, odd input
     (Geo(3, 5, 1, 1), 7, 5, -3),  # pointwise, odd channel counts, C < 8
+    (Geo(3, 3, 1, 1), 128, 13, 99),  # pointwise expanded path: odd pixels and channels
+    (Geo(2, 3, 1, 1), 260, 6, -77),  # pointwise, C > 256: the path without the buffer
     (Geo(7, 7, 3, 3, stride=(2, 2), padding="same"), 3, 16, -128),  # stem: odd input, stride 2
     (Geo(6, 6, 3, 3, stride=(2, 2), padding="same"), 3, 16, 0),  # same, asymmetric (0, 1)
     (Geo(8, 8, 3, 3, stride=(2, 2)), 16, 3, 127),  # valid, a row left out at the bottom
