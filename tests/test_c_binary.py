@@ -509,6 +509,10 @@ def test_bconv_padding_splits(backend: Any, c: int, pad_value: int) -> None:
         Case(5, 5, 32, 3, 3, 3, (1, 1), (1, 1, 1, 1), 0, "float", fill="agree"),
         # many output channels: several 32-channel blocks, threshold words with padding bits
         Case(3, 4, 24, 100, 3, 3, (1, 1), (1, 1, 1, 1), 1, "threshold"),
+        # C <= 16 on the M7 path: filter pairs made once per call (two blocks of 32, odd O)
+        Case(6, 7, 16, 41, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine"),
+        Case(6, 5, 9, 40, 3, 3, (1, 1), (1, 1, 1, 1), 1, "threshold"),
+        Case(7, 7, 12, 7, 5, 5, (1, 1), (2, 2, 2, 2), 1, "float"),
         # 16 < C < 32 on the M7 path: window and filters as bit streams (odd and > 32 channels)
         Case(7, 6, 31, 9, 3, 3, (1, 1), (1, 1, 1, 1), 1, "affine"),
         Case(7, 6, 31, 9, 3, 3, (1, 1), (1, 1, 1, 1), 0, "threshold"),

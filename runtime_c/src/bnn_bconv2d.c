@@ -341,13 +341,15 @@ static int32_t bnn_bconv2d_acc_plain(const bnn_bconv2d_geom_t *g, const uint32_t
 }
 
 static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
-                              const uint32_t *filter, const uint32_t *fstream, int32_t swords,
-                              int32_t y, int32_t x, int32_t o0, int32_t n, int32_t *acc)
+                              const uint32_t *filter, const uint32_t *fstream,
+                              const uint32_t *fpairs, int32_t swords, int32_t y, int32_t x,
+                              int32_t o0, int32_t n, int32_t *acc)
 {
     int32_t iy0 = y * g->sh - g->pt;
     int32_t ix0 = x * g->sw - g->pl;
     int32_t k;
     (void)fstream;
+    (void)fpairs;
     (void)swords;
     for (k = 0; k < n; ++k) {
         acc[k] = bnn_bconv2d_acc_plain(g, in, filter + (size_t)(o0 + k) * (size_t)g->filter_words,
@@ -466,6 +468,49 @@ static uint32_t bnn_bconv2d_pop_run(const uint32_t *b, int32_t n, uint32_t total
     }
     return total;
 }
+/* Two channels per word (C <= 16, KH * KW <= 30): the window words hold x | x << 16 and fp the
+ * filter pairs w1 | w2 << 16 (made once per call), so one XOR gives both channels' differing
+ * bits; counted three taps per step in 4-bit groups, then folded into bytes (<= 24 per step and
+ * byte, <= 240 over 30 taps: no carry); bytes 0 + 1 count the first channel, 2 + 3 the second.
+ * acc[2p], acc[2p + 1] for the npairs pairs, each pair's taps words after the previous one's. */
+static void bnn_bconv2d_pair_accs(int32_t k_all, const uint32_t *buf, const uint32_t *fp,
+                                  int32_t taps, int32_t npairs, int32_t *acc)
+{
+    int32_t p;
+    BNN_BCONV2D_MASKS;
+    if (taps == 9) { /* 3x3, unrolled: the window's 9 words are the same for every pair */
+        const uint32_t x0 = buf[0], x1 = buf[1], x2 = buf[2], x3 = buf[3], x4 = buf[4];
+        const uint32_t x5 = buf[5], x6 = buf[6], x7 = buf[7], x8 = buf[8];
+        for (p = 0; p < npairs; ++p, fp += 9) {
+            uint32_t n0 = BNN_NIB(x0 ^ fp[0]) + BNN_NIB(x1 ^ fp[1]) + BNN_NIB(x2 ^ fp[2]);
+            uint32_t n1 = BNN_NIB(x3 ^ fp[3]) + BNN_NIB(x4 ^ fp[4]) + BNN_NIB(x5 ^ fp[5]);
+            uint32_t n2 = BNN_NIB(x6 ^ fp[6]) + BNN_NIB(x7 ^ fp[7]) + BNN_NIB(x8 ^ fp[8]);
+            uint32_t bytes = (n0 & m4) + ((n0 >> 4) & m4) + (n1 & m4) + ((n1 >> 4) & m4) +
+                             (n2 & m4) + ((n2 >> 4) & m4);
+            acc[2 * p] = bnn_bconv2d_acc(k_all, bnn_bconv2d_sum_bytes(bytes & 0xFFFFu, 0u));
+            acc[2 * p + 1] = bnn_bconv2d_acc(k_all, bnn_bconv2d_sum_bytes(bytes >> 16, 0u));
+        }
+        return;
+    }
+    for (p = 0; p < npairs; ++p, fp += taps) {
+        uint32_t bytes = 0;
+        int32_t t = 0;
+        for (; t + 3 <= taps; t += 3) {
+            uint32_t nib = BNN_NIB(buf[t] ^ fp[t]) + BNN_NIB(buf[t + 1] ^ fp[t + 1]) +
+                           BNN_NIB(buf[t + 2] ^ fp[t + 2]);
+            bytes += (nib & m4) + ((nib >> 4) & m4);
+        }
+        if (t < taps) {
+            uint32_t nib = BNN_NIB(buf[t] ^ fp[t]);
+            if (t + 1 < taps) {
+                nib += BNN_NIB(buf[t + 1] ^ fp[t + 1]);
+            }
+            bytes += (nib & m4) + ((nib >> 4) & m4);
+        }
+        acc[2 * p] = bnn_bconv2d_acc(k_all, bnn_bconv2d_sum_bytes(bytes & 0xFFFFu, 0u));
+        acc[2 * p + 1] = bnn_bconv2d_acc(k_all, bnn_bconv2d_sum_bytes(bytes >> 16, 0u));
+    }
+}
 #undef BNN_NIB
 #undef BNN_BCONV2D_MASKS
 
@@ -575,10 +620,25 @@ static void bnn_bconv2d_gather(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_wi
 /* Gathered form: the window in buf (bnn_bconv2d_gather), every tap counted (an interior
  * pixel, or one padding); the filter of a channel is the same run of KH * KW * NW words. */
 static void bnn_bconv2d_accs_gathered(const bnn_bconv2d_geom_t *g, const uint32_t *buf, int pair16,
-                                      const uint32_t *f, int32_t n, int32_t *acc)
+                                      const uint32_t *f, const uint32_t *fpairs, int32_t n,
+                                      int32_t *acc)
 {
     int32_t len = g->filter_words;
     int32_t k = 0;
+    if (pair16 && fpairs != NULL) {
+        bnn_bconv2d_pair_accs(g->k_all, buf, fpairs, g->taps, n / 2, acc);
+        k = n - n % 2;
+        if (k < n) { /* the last channel of an odd count */
+            const uint32_t *w1 = f + (size_t)k * (size_t)len;
+            uint32_t bytes = 0;
+            int32_t t;
+            for (t = 0; t < len; ++t) {
+                bytes += bnn_bconv2d_byte_counts((buf[t] ^ w1[t]) & 0xFFFFu);
+            }
+            acc[k] = bnn_bconv2d_acc(g->k_all, bnn_bconv2d_sum_bytes(bytes, 0u));
+        }
+        return;
+    }
     if (pair16) {
         /* two channels per word: buf holds x | x << 16, the filter words are below 2^16, so
          * x ^ (w1 | w2 << 16) = (x ^ w1) | (x ^ w2) << 16 */
@@ -619,8 +679,9 @@ static void bnn_bconv2d_accs_gathered(const bnn_bconv2d_geom_t *g, const uint32_
 }
 
 static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
-                              const uint32_t *filter, const uint32_t *fstream, int32_t swords,
-                              int32_t y, int32_t x, int32_t o0, int32_t n, int32_t *acc)
+                              const uint32_t *filter, const uint32_t *fstream,
+                              const uint32_t *fpairs, int32_t swords, int32_t y, int32_t x,
+                              int32_t o0, int32_t n, int32_t *acc)
 {
     bnn_bconv2d_window_t win;
     uint32_t buf[BNN_BCONV2D_WINDOW_WORDS];
@@ -656,7 +717,10 @@ static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
     if ((win.full || g->pad_value == 1) && g->filter_words <= BNN_BCONV2D_WINDOW_WORDS) {
         int pair16 = g->nw == 1 && g->c <= 16 && g->taps <= BNN_BCONV2D_BYTE_RUN;
         bnn_bconv2d_gather(g, &win, pair16, buf);
-        bnn_bconv2d_accs_gathered(g, buf, pair16, f, n, acc);
+        bnn_bconv2d_accs_gathered(g, buf, pair16, f,
+                                  fpairs != NULL ? fpairs + (size_t)(o0 / 2) * (size_t)g->taps
+                                                 : fpairs,
+                                  n, acc);
         return;
     }
     for (k = 0; k < n; ++k) {
@@ -677,6 +741,7 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
     int32_t acc[BNN_BCONV2D_BLOCK];
     int32_t acc_one[BNN_BCONV2D_BLOCK];
     const uint32_t *fstream = (const uint32_t *)0; /* the filters' bit streams, if made */
+    const uint32_t *fpairs = (const uint32_t *)0;  /* the filter pairs (C <= 16), if made */
     int32_t swords = 0;
 #if BNN_BCONV2D_FAST
     uint32_t fstream_buf[BNN_BCONV2D_STREAM_WORDS];
@@ -703,6 +768,20 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
         }
         fstream = fstream_buf;
     }
+    /* C <= 16: the filters of channels 2p and 2p + 1 as one word per tap, w1 | w2 << 16, made
+     * once per call (the window's words then pair with both at once) */
+    if (g.nw == 1 && g.c <= 16 && g.taps <= 30 &&
+        (int64_t)(g.o / 2) * g.taps <= BNN_BCONV2D_STREAM_WORDS) {
+        int32_t t;
+        for (o0 = 0; o0 + 1 < g.o; o0 += 2) {
+            const uint32_t *w1 = filter + (size_t)o0 * (size_t)g.filter_words;
+            for (t = 0; t < g.taps; ++t) {
+                fstream_buf[(size_t)(o0 / 2) * (size_t)g.taps + (size_t)t] =
+                    w1[t] | (w1[t + g.filter_words] << 16);
+            }
+        }
+        fpairs = fstream_buf;
+    }
 #endif
     for (y = 0; y < g.oh; ++y) {
         for (x = 0; x < g.ow; ++x) {
@@ -712,11 +791,12 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
             int border = iy0 < 0 || ix0 < 0 || iy0 + g.kh > g.h || ix0 + g.kw > g.w;
             for (o0 = 0; o0 < g.o; o0 += BNN_BCONV2D_BLOCK) {
                 int32_t n = g.o - o0 < BNN_BCONV2D_BLOCK ? g.o - o0 : BNN_BCONV2D_BLOCK;
-                bnn_bconv2d_pixel(&g, in, filter, fstream, swords, y, x, o0, n, acc);
+                bnn_bconv2d_pixel(&g, in, filter, fstream, fpairs, swords, y, x, o0, n, acc);
                 if (output->kind != BNN_OUT_LCE) {
                     bnn_bconv2d_emit(&g, output, pixel, o0, n, acc, out);
                 } else if (border && g.pad_value == 0) {
-                    bnn_bconv2d_pixel(&g_one, in, filter, fstream, swords, y, x, o0, n, acc_one);
+                    bnn_bconv2d_pixel(&g_one, in, filter, fstream, fpairs, swords, y, x, o0, n,
+                                      acc_one);
                     bnn_bconv2d_emit_lce(&g, output, pixel, o0, n, acc_one, acc, out);
                 } else {
                     bnn_bconv2d_emit_lce(&g, output, pixel, o0, n, acc, (const int32_t *)0, out);
