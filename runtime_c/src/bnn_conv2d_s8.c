@@ -295,6 +295,29 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                 }
             }
             /* pairs of channels whose partial groups can be read whole (not the last filter) */
+            if (all_groups == 7) { /* 25..28 taps (the 3x3x3 stems), unrolled */
+                for (; o + 2 < out_c; o += 2) {
+                    const int8_t *w0 = filter + (size_t)o * (size_t)taps;
+                    const int8_t *w1 = w0 + taps;
+                    int32_t a0 = 0, a1 = 0;
+                    BNN_PATCH_MAC(a0, w0, 0);
+                    BNN_PATCH_MAC(a1, w1, 0);
+                    BNN_PATCH_MAC(a0, w0, 1);
+                    BNN_PATCH_MAC(a1, w1, 1);
+                    BNN_PATCH_MAC(a0, w0, 2);
+                    BNN_PATCH_MAC(a1, w1, 2);
+                    BNN_PATCH_MAC(a0, w0, 3);
+                    BNN_PATCH_MAC(a1, w1, 3);
+                    BNN_PATCH_MAC(a0, w0, 4);
+                    BNN_PATCH_MAC(a1, w1, 4);
+                    BNN_PATCH_MAC(a0, w0, 5);
+                    BNN_PATCH_MAC(a1, w1, 5);
+                    BNN_PATCH_MAC(a0, w0, 6);
+                    BNN_PATCH_MAC(a1, w1, 6);
+                    bnn_output_store_kind(kind, output, o, a0, out, base + o);
+                    bnn_output_store_kind(kind, output, o + 1, a1, out, base + o + 1);
+                }
+            }
             for (; o + 2 < out_c; o += 2) {
                 const int8_t *w0 = filter + (size_t)o * (size_t)taps;
                 const int8_t *w1 = w0 + taps;
