@@ -61,8 +61,9 @@ typedef enum {
     /* TFLite: acc + bias[o], MultiplyByQuantizedMultiplier(q_mult[o], q_shift[o]) + zp,
      * clamp [act_min, act_max]; int8 output */
     BNN_OUT_TFLITE = 0,
-    /* QKeras: clamp(round_half_even((acc * a_mult[o] + a_offset[o]) / 2^a_shift[o]),
-     * act_min, act_max) in int64; int8 output */
+    /* QKeras: clamp(round_half_even((acc * a_mult[o] + B[o]) / 2^a_shift[o]), act_min,
+     * act_max) in int64, where a_offset[o] = B[o] + 2^(a_shift[o] - 1) (the rounding-ready
+     * offset); int8 output */
     BNN_OUT_AFFINE = 1,
     /* f32(f32(f32(acc) * f_scale[o]) + f_offset[o]) (no fused multiply-add), then
      * float_activation; float32 output */
@@ -90,7 +91,7 @@ typedef struct {
     /* BNN_OUT_AFFINE */
     const int32_t *a_mult;
     const int8_t *a_shift; /* 1 .. 62 */
-    const int64_t *a_offset;
+    const int64_t *a_offset; /* B + 2^(a_shift - 1), |a_offset| < 2^62 */
     /* BNN_OUT_TFLITE and BNN_OUT_AFFINE */
     int32_t act_min, act_max;
     /* BNN_OUT_FLOAT */

@@ -20,8 +20,9 @@
  *
  * out[y, x, o] from acc by output->kind:
  *   BNN_OUT_AFFINE     int8 [OH, OW, O]:
- *                      clamp(round_half_even((acc * a_mult[o] + a_offset[o]) / 2^a_shift[o]),
- *                            act_min, act_max)          (int64; bnn_requant.h bnn_affine)
+ *                      clamp(round_half_even((acc * a_mult[o] + B[o]) / 2^a_shift[o]),
+ *                            act_min, act_max)          (int64; bnn_requant.h bnn_affine),
+ *                      a_offset[o] = B[o] + 2^(a_shift[o]-1)
  *   BNN_OUT_FLOAT      float32 [OH, OW, O]: f32(f32(f32(acc) * f_scale[o]) + f_offset[o]), then
  *                      float_activation (bnn_requant.h bnn_float_transform)
  *   BNN_OUT_THRESHOLD  packed uint32 [OH, OW, BNN_WORDS(O)]: bit o = acc < t_threshold[o]
@@ -56,19 +57,24 @@
  *    so each kernel row is one run of (j_hi - j_lo) * NW words; acc = (taps inside) * C -
  *    2 * popcount; with one padding the filter words of the padded taps add their popcount
  *    (popcount(0 ^ w) = popcount(w)).
- *  - popcount of a run: the SWAR steps give per-byte counts (each byte 0..8), added bytewise
- *    over up to 31 words (at most 248 per byte: no carry between bytes), then summed into the
- *    total by one USADA8 (sum of the four bytes).
+ *  - popcount of a run: the first two SWAR steps give per-4-bit counts (0..4), three words
+ *    are added in that form (<= 12), folded into bytes and summed into the total by one USADA8
+ *    (sum of the four bytes).
  *  - C <= 16 (NW = 1) and KH * KW <= 31, gathered window: each window word is stored as
  *    x | x << 16 and two filters as w1 | w2 << 16, so one XOR gives (x ^ w1) in the low and
  *    (x ^ w2) in the high halfword; the bytewise counts of all taps accumulate in one register
  *    and bytes 0 + 1 count channel o, bytes 2 + 3 channel o + 1. This relies on the contract
  *    that the bits beyond C are 0 (as bnn_bitpack and BNN_OUT_THRESHOLD write them and as the
- *    filters are packed).
+ *    filters are packed). With KH * KW <= 30 the filter pairs are made once per call (in a
+ *    stack buffer of BNN_BCONV2D_STREAM_WORDS words), and a 3x3 window is unrolled.
+ *  - 16 < C < 32 (NW = 1), gathered window: the window and (once per call) the filters are
+ *    packed as bit streams, tap t's C bits at bit t * C, so that no word is partly empty
+ *    (7 words in place of 9 for a 3x3 window of 24 channels).
  * Every path adds the same per-word popcounts in a different order, so the results are
  * bit-exact with the plain path and the reference. BNN_TEST_M7_PATH compiles the M7 path on
  * any machine with portable C standing in for USADA8 (the tests run it on the host).
- * Stack: the window buffer (4 * BNN_BCONV2D_WINDOW_WORDS bytes) and 32 accumulators.
+ * Stack: the window and stream buffers (4 * BNN_BCONV2D_WINDOW_WORDS bytes each), the filter
+ * pairs or streams (4 * BNN_BCONV2D_STREAM_WORDS bytes) and 32 accumulators.
  */
 #include <string.h>
 

@@ -12,8 +12,8 @@
  * out[y, x, o] = the output transform of acc for channel o (bnn_requant.h, bnn_output_store):
  *   BNN_OUT_TFLITE  clamp(MultiplyByQuantizedMultiplier(acc + bias[o], q_mult[o], q_shift[o])
  *                   + out_zero_point, act_min, act_max)                           int8
- *   BNN_OUT_AFFINE  clamp(round_half_even((acc * a_mult[o] + a_offset[o]) / 2^a_shift[o]),
- *                   act_min, act_max)                                              int8
+ *   BNN_OUT_AFFINE  clamp(round_half_even((acc * a_mult[o] + B[o]) / 2^a_shift[o]),
+ *                   act_min, act_max), a_offset[o] = B[o] + 2^(a_shift[o]-1)       int8
  *   BNN_OUT_FLOAT   f32(f32(f32(acc) * f_scale[o]) + f_offset[o]), then ReLU / ReLU6  float32
  *
  * Arguments: in_dims [1, H, W, C], filter_dims [O, KH, KW, C], out_dims [1, OH, OW, O]; the
@@ -21,10 +21,18 @@
  * bnn_window_ok); ctx may be NULL (no scratch is used). Anything else: BNN_ERROR_ARGUMENT,
  * with nothing written.
  *
- * Cortex-M7 (__ARM_FEATURE_DSP, unless BNN_FORCE_PLAIN_C): the inner product over the C
- * channels of each tap (contiguous in both the NHWC input and the OHWI filter) runs 4
- * channels per step with SXTAB16/SXTB16 + SMLAD (bnn_dot_s8); for a 1x1 kernel that is the
- * whole pointwise inner product. The result is the same sum modulo 2^32: bit-exact.
+ * Cortex-M7 (__ARM_FEATURE_DSP, unless BNN_FORCE_PLAIN_C), fastest applicable path first:
+ *  - pointwise (1x1, no padding), C a multiple of 4 up to BNN_PW_XBUF: two pixels' inputs
+ *    expanded once to int16 pairs, two pixels x two channels per step (SMLAD; the inner loop in
+ *    assembly when optimizing), bnn_conv_1x1x_body;
+ *  - other pointwise: the same blocking reading the int8 inputs directly, bnn_conv_1x1_body;
+ *  - a window of at most BNN_PATCH_MAX taps (KH * KW * C): an int16 patch per pixel,
+ *    bnn_conv_patch_body;
+ *  - anything else: tap by tap, 4 channels per step (bnn_dot_s8).
+ * Every path sums the same products modulo 2^32: bit-exact with the plain C path.
+ * Each path is compiled once per output transform (bnn_conv2d_s8_affine / _tflite / _float,
+ * which generated code calls, so that the linker keeps only the transforms a network uses);
+ * bnn_conv2d_s8 dispatches on output->kind.
  */
 #include "bnn_kernels.h"
 #include "bnn_requant.h"

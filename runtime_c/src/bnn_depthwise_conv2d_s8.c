@@ -23,7 +23,11 @@
  * x - zp for channels c, c + 2 and (rotated) c + 1, c + 3 as int16 halfwords, SXTB16 the
  * weights, and SMLABB / SMLATT add each product to its own channel's accumulator. The same
  * products are summed modulo 2^32 in the same int32 accumulators: bit-exact with the plain
- * path, which handles the remaining channels and M > 1.
+ * path, which handles the remaining channels and M > 1. A 3x3 kernel with dilation 1 and C a
+ * multiple of 4 takes depthwise_3x3_body: four channels at a time over all pixels, the filter
+ * words expanded once, interior pixels unrolled.
+ * Each path is compiled once per output transform (bnn_depthwise_conv2d_s8_affine / _tflite /
+ * _float, which generated code calls); bnn_depthwise_conv2d_s8 dispatches on output->kind.
  */
 #include "bnn_kernels.h"
 #include "bnn_requant.h"

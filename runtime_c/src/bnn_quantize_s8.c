@@ -17,8 +17,8 @@
  * requantize (int8 -> int8), d = x - in_zero_point:
  *   BNN_OUT_TFLITE: clamp(MultiplyByQuantizedMultiplier(d, q_mult[0], q_shift[0])
  *                   + out_zero_point, act_min, act_max)      (bias is not used)
- *   BNN_OUT_AFFINE: clamp(round_half_even((d * a_mult[0] + a_offset[0]) / 2^a_shift[0]),
- *                   act_min, act_max)
+ *   BNN_OUT_AFFINE: clamp(round_half_even((d * a_mult[0] + B) / 2^a_shift[0]),
+ *                   act_min, act_max), a_offset[0] = B + 2^(a_shift[0]-1)
  *
  * Arguments: size >= 1, non-NULL pointers, zero points and clamp ranges within [-128, 127];
  * quantize: scale finite and > 0, a known rounding; requantize: as bnn_output_check for one
