@@ -44,7 +44,9 @@ def test_hybrid_bit_exact(hybrid_h5: Path, tmp_path: Path, record_property: Any)
     m = report["metrics"]["embedding"]["vs_original"]
     record_property("vs_qkeras", m)
     assert m["cos"] > 0.99  # vs QKeras' float forward pass (see test_reference_qkeras)
-    assert report["activations_bytes"] == 147_456
+    # the planned arena, with res1_proj scheduled before res1_bconv and the float input quantized
+    # in place (147,456 B in graph order): the lower bound of the hybrid's buffers
+    assert report["activations_bytes"] == 119_808
 
 
 def test_mnv2_i8_bit_exact_and_equal_to_tflite(mnv2_i8_tflite: Path, tmp_path: Path) -> None:
