@@ -240,6 +240,36 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
                 a10 = __smlad(xh, w0h, a10);
                 a11 = __smlad(xh, w1h, a11);
             }
+            if (kind == BNN_OUT_AFFINE) {
+                /* both channels' constants read once, before the stores (an int8 store may
+                 * alias them, so the compiler would read them again for the second pixel) */
+                const int32_t m0 = output->a_mult[o], m1 = output->a_mult[o + 1];
+                const int64_t b0 = output->a_offset[o], b1 = output->a_offset[o + 1];
+                const int32_t s0 = output->a_shift[o], s1 = output->a_shift[o + 1];
+                const int32_t lo = output->act_min, hi = output->act_max;
+                int8_t *y = (int8_t *)out;
+                y[base0 + o] = (int8_t)bnn_affine(a00, m0, b0, s0, lo, hi);
+                y[base0 + o + 1] = (int8_t)bnn_affine(a01, m1, b1, s1, lo, hi);
+                if (two) {
+                    y[base1 + o] = (int8_t)bnn_affine(a10, m0, b0, s0, lo, hi);
+                    y[base1 + o + 1] = (int8_t)bnn_affine(a11, m1, b1, s1, lo, hi);
+                }
+                continue;
+            }
+            if (kind == BNN_OUT_TFLITE) { /* likewise */
+                const int32_t c0 = output->bias != NULL ? output->bias[o] : 0;
+                const int32_t c1 = output->bias != NULL ? output->bias[o + 1] : 0;
+                const int32_t q0 = output->q_mult[o], q1 = output->q_mult[o + 1];
+                const int32_t s0 = output->q_shift[o], s1 = output->q_shift[o + 1];
+                int8_t *y = (int8_t *)out;
+                y[base0 + o] = (int8_t)bnn_tflite_out(a00, c0, q0, s0, output);
+                y[base0 + o + 1] = (int8_t)bnn_tflite_out(a01, c1, q1, s1, output);
+                if (two) {
+                    y[base1 + o] = (int8_t)bnn_tflite_out(a10, c0, q0, s0, output);
+                    y[base1 + o + 1] = (int8_t)bnn_tflite_out(a11, c1, q1, s1, output);
+                }
+                continue;
+            }
             bnn_output_store_kind(kind, output, o, a00, out, base0 + o);
             bnn_output_store_kind(kind, output, o + 1, a01, out, base0 + o + 1);
             if (two) {

@@ -323,6 +323,17 @@ static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t 
     }
 }
 
+/* The BNN_OUT_TFLITE transform of acc with channel o's bias, q_mult and q_shift given (read by
+ * the caller, so that a kernel can read them once for several pixels). */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_out(int32_t acc, int32_t bias, int32_t mult, int32_t shift,
+                                         const bnn_output_t *output)
+{
+    int32_t biased = bnn_s32_from_u32((uint32_t)acc + (uint32_t)bias);
+    int32_t scaled = output->q_single_rounding ? bnn_mbqm_single(biased, mult, shift)
+                                               : bnn_mbqm(biased, mult, shift);
+    return bnn_clamp((int64_t)scaled + output->out_zero_point, output->act_min, output->act_max);
+}
+
 /* Writes element `index` of `out` (int8, or float32 for BNN_OUT_FLOAT) from the exact
  * accumulator `acc` of output channel `o`; `output` has passed bnn_output_check.
  *   TFLITE: clamp(MBQM(acc + bias[o], q_mult[o], q_shift[o]) + out_zero_point, act_min, act_max)
@@ -335,17 +346,9 @@ BNN_ALWAYS_INLINE void bnn_output_store_kind(bnn_out_kind_t kind, const bnn_outp
                                              int32_t o, int32_t acc, void *out, int32_t index)
 {
     if (kind == BNN_OUT_TFLITE) {
-        uint32_t biased = (uint32_t)acc;
-        int32_t scaled;
-        if (output->bias != NULL) {
-            biased += (uint32_t)output->bias[o];
-        }
-        scaled = output->q_single_rounding
-                     ? bnn_mbqm_single(bnn_s32_from_u32(biased), output->q_mult[o],
-                                       output->q_shift[o])
-                     : bnn_mbqm(bnn_s32_from_u32(biased), output->q_mult[o], output->q_shift[o]);
-        ((int8_t *)out)[index] = (int8_t)bnn_clamp((int64_t)scaled + output->out_zero_point,
-                                                   output->act_min, output->act_max);
+        ((int8_t *)out)[index] = (int8_t)bnn_tflite_out(
+            acc, output->bias != NULL ? output->bias[o] : 0, output->q_mult[o],
+            output->q_shift[o], output);
     } else if (kind == BNN_OUT_AFFINE) {
         ((int8_t *)out)[index] =
             (int8_t)bnn_affine(acc, output->a_mult[o], output->a_offset[o], output->a_shift[o],
