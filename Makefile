@@ -8,7 +8,7 @@ APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: setup system-packages test test-fast demo bench lint format clean
+.PHONY: setup system-packages test test-fast fuzz demo bench lint format clean
 
 setup: $(STAMP) system-packages
 
@@ -41,6 +41,13 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
+
+# Fuzzing of every front end (docs/fuzzing.md): FUZZ_CASES mutated files per front end through
+# the CLI; a table, build/fuzz/summary.json and build/fuzz/findings/; exit 1 on any finding.
+FUZZ_CASES ?= 10000
+FUZZ_JOBS  ?= 2
+fuzz: setup
+	$(BIN)/python -m bnncube.validation.fuzz --cases $(FUZZ_CASES) --jobs $(FUZZ_JOBS) --out build/fuzz
 
 # The face pipeline on synthetic identities (docs/demo.md): train, quantize, convert, generate,
 # validate on the host and the emulated Cortex-M7, compare; about 10 minutes on 2 cores.

@@ -49,7 +49,10 @@ def load_keras_model(path: str | Path) -> Any:
     return cached("keras", path, lambda: _load_keras_model(path), copied=False)
 
 
-HDF5_PROBE_TIMEOUT_S = float(os.environ.get("BNNCUBE_HDF5_PROBE_TIMEOUT", "20"))
+try:  # seconds the HDF5 probe may take; the fuzz workers set less
+    HDF5_PROBE_TIMEOUT_S = float(os.environ.get("BNNCUBE_HDF5_PROBE_TIMEOUT", "20"))
+except ValueError:
+    HDF5_PROBE_TIMEOUT_S = 20.0
 
 
 def _read_all_hdf5(path: str) -> None:
@@ -107,18 +110,21 @@ def _probe_hdf5(path: Path) -> None:
             os._exit(1)
         os._exit(0)
     deadline = time.monotonic() + HDF5_PROBE_TIMEOUT_S
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise BnnError(
-                f"{path}: damaged HDF5 data: reading it did not finish within "
-                f"{HDF5_PROBE_TIMEOUT_S:.0f} s; save the model again"
-            )
-        time.sleep(0.002)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                raise BnnError(
+                    f"{path}: damaged HDF5 data: reading it did not finish within "
+                    f"{HDF5_PROBE_TIMEOUT_S:.0f} s; save the model again"
+                )
+            time.sleep(0.002)
+    except BaseException:  # the time limit, or an interrupt: the child must not outlive us
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     if os.WIFSIGNALED(status):
         raise BnnError(
             f"{path}: damaged HDF5 data: the HDF5 library crashed reading it "
@@ -227,6 +233,13 @@ def _checked_spec(quantizer: Any, where: str, *, allow_wide: bool = False) -> QS
     hold any number there; QKeras itself fails on negative or huge ones)."""
     import qkeras
 
+    try:
+        str(quantizer)  # QKeras' __str__ converts its parameters and fails on odd ones
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise BnnError(
+            f"{where}: quantizer {type(quantizer).__name__} has a parameter of the wrong type "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+        ) from None
     if isinstance(quantizer, qkeras.quantized_bits | qkeras.quantized_relu):
         _integer_param(quantizer, "bits", 1, 32, where)
         _integer_param(quantizer, "integer", 0, int(quantizer.bits), where)
@@ -538,8 +551,9 @@ class _Builder:
         kind = type(layer).__name__
         where = f"layer {layer.name!r} ({kind})"
         if kind == "InputLayer":
-            shape = tuple(layer.get_config()["batch_input_shape"])
-            if any(d is None for d in shape[1:]):
+            raw = layer.get_config().get("batch_input_shape")
+            shape = tuple(raw) if isinstance(raw, list | tuple) else (raw,)
+            if len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
                 raise BnnError(f"{where}: input shape {shape} must be fully defined")
             name = self.new_tensor(layer.name, (1,) + tuple(shape[1:]))
             self.graph.inputs.append(name)
@@ -549,11 +563,16 @@ class _Builder:
             raise BnnError(f"{where}: nested models are not supported; flatten the model first")
         inputs = self.layer_inputs(layer)
         in_shape = self.shape_of(inputs[0])
-        out_shape = (
-            (1,) + tuple(int(d) for d in layer.output_shape[1:])
-            if not isinstance(layer.output_shape, list)
-            else None
-        )
+        out_shape = None
+        if not isinstance(layer.output_shape, list):
+            dims = tuple(layer.output_shape[1:])
+            if not all(isinstance(d, int) and d >= 0 for d in dims):
+                raise BnnError(
+                    f"{where}: output shape {tuple(layer.output_shape)} is not fully defined "
+                    f"(from {len(inputs)} input(s) of shapes "
+                    f"{', '.join(str(self.shape_of(i)) for i in inputs)})"
+                )
+            out_shape = (1,) + dims
         handler = getattr(self, f"_layer_{kind}", None)
         if handler is None:
             raise BnnError(

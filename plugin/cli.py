@@ -577,6 +577,12 @@ def _register_face_commands() -> None:
 _register_face_commands()
 
 
+def _printable(message: object) -> str:
+    """``message`` on one line: control characters (newlines, NUL...) written as escapes, so that
+    a name read from a damaged file cannot break the one-line error or the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning user errors into one line and an exit status."""
     try:
@@ -593,10 +599,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: interrupted", err=True)
         return 130
     except (BnnError, ValidationFailed) as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {_printable(exc)}", err=True)
         return exc.exit_code
     except click.exceptions.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(f"error: {_printable(exc.format_message())}", err=True)
         return exc.exit_code
     return result if isinstance(result, int) else 0
 

@@ -423,3 +423,23 @@ def test_analyze_success_writes_two_consistent_reports(tmp_path, capsys):
     assert ops["bconv"]["op"] == "BinaryConv2D"
     assert ops["bconv"]["precision"] == "binary"
     assert ops["bconv"]["macc"] == 8 * 8 * 16 * 3 * 3 * 8
+
+
+def test_error_lines_escape_control_characters(tmp_path, capsys) -> None:  # noqa: ANN001
+    """A name read from a damaged file may hold newlines or NULs: the error stays one line."""
+    from bnncube import cli
+    from bnncube.errors import BnnError
+
+    assert cli._printable("op 'a\nb\x00c' x") == "op 'a\\nb\\x00c' x"
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise BnnError("m.tflite: operator 'Q\nuantize\x00' is not supported")
+
+    original = cli.cli.main
+    try:
+        cli.cli.main = broken  # type: ignore[method-assign]
+        assert cli.main(["analyze", "-m", str(tmp_path / "m.tflite")]) == 2
+    finally:
+        cli.cli.main = original  # type: ignore[method-assign]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Q\\nuantize\\x00" in err

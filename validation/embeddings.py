@@ -445,16 +445,20 @@ def pair_coverage(records: Sequence[tuple[Any, Any, bool, int]]) -> tuple[int, i
 
 
 def _lfw_evaluate(
-    emb: np.ndarray, records: list[tuple[Any, Any, bool, int]], flip: np.ndarray | None, what: str
+    emb: np.ndarray,
+    records: list[tuple[Any, Any, bool, int]],
+    flip: np.ndarray | None,
+    what: str,
+    pairs_path: Path,
 ) -> dict[str, Any]:
     from bnncube.validation import lfw
 
     n, folds, both = pair_coverage(records)
     if n == 0:
-        raise BnnError(f"lfw: every pair was skipped ({what}); nothing to evaluate")
+        raise BnnError(f"lfw: {pairs_path}: every pair was skipped ({what}); nothing to evaluate")
     if folds < 2 or not both:
         raise BnnError(
-            f"lfw: only {n} pairs can be evaluated ({what}), in {folds} fold(s), "
+            f"lfw: {pairs_path}: only {n} pairs can be evaluated ({what}), in {folds} fold(s), "
             f"{'matched and mismatched' if both else 'all of one kind'}; the protocol "
             "needs pairs in at least two folds and both matched and mismatched pairs"
         )
@@ -506,7 +510,7 @@ def evaluate_model(
         if flip:
             flip_emb = np.stack([table[FLIP_PREFIX + r] for r in rel])
         summary.update(engine="embeddings", model=str(embeddings_file))
-        skipped_what = "images missing from the embeddings file"
+        skipped_what = f"images missing from {embeddings_file}"
     else:
         from bnncube.converters.loader import model_type as detect_type
 
@@ -553,7 +557,7 @@ def evaluate_model(
         if flip:
             emb, flip_emb = emb[: len(rel)], emb[len(rel) :]
         summary.update(engine=engine, model=str(path))
-        skipped_what = "images missing under the data folder"
+        skipped_what = f"images missing under {data}"
     if not np.all(np.isfinite(emb)) or (flip_emb is not None and not np.all(np.isfinite(flip_emb))):
         raise BnnError(f"lfw: the {summary['engine']} engine produced NaN or Inf embeddings")
     records = [
@@ -561,7 +565,7 @@ def evaluate_model(
     ]
     n_skipped = sum(1 for a, b, _, _ in records if a is None or b is None)
     n_not_run = len(pairs) - len(records)
-    result = _lfw_evaluate(emb, records, flip_emb, skipped_what)
+    result = _lfw_evaluate(emb, records, flip_emb, skipped_what, Path(pairs_path))
     summary.update(
         accuracy_mean=result["accuracy_mean"],
         accuracy_std=result["accuracy_std"],
