@@ -381,3 +381,27 @@ def test_validate_bad_expected_outputs_and_device(hybrid_h5: Path, tmp_path: Pat
     _error(capsys, [*base, "-b", "2", "-vo", str(vo)], "option -vo", "expected 2 outputs")
     _error(capsys, [*base, "--mode", "target", "-d", "bogus"], "--device", "serial:PORT")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("op_type", "change", "words"),
+    [
+        ("Conv2D", {"strides": (3, 3)}, "height: 48 outputs from 96 inputs"),
+        ("DepthwiseConv2D", {"pads": [5, 5, 5, 5]}, "height: .* and padding 5 before"),
+        ("BinaryConv2D", {"strides": (2, 2)}, "height: 48 outputs from 48 inputs .* stride 2"),
+        ("BinaryConv2D", {"dilations": (1, 4)}, "dilation \\(1, 4\\); the binary convolution"),
+    ],
+)
+def test_generate_checks_the_geometry_first(
+    hybrid_h5: Path, op_type: str, change: dict[str, Any], words: str
+) -> None:
+    """Shapes, strides, dilations and padding that do not fit together (a damaged or hand-edited
+    model) stop generate with a clear error naming the op, before any C is written: the same
+    check the C kernels make at run time (bnn_window_ok)."""
+    from bnncube.errors import BnnError
+
+    graph = load_model(hybrid_h5)
+    op = next(o for o in graph.ops if o.type == op_type)
+    op.attrs.update(change)
+    with pytest.raises(BnnError, match=f"op '{op.name}': {words}"):
+        generate_code(graph, GenerateOptions(c_name="bad"), str(hybrid_h5))

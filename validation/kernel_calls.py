@@ -194,6 +194,45 @@ def _conv_params(op: Op, zero_point: int = 0) -> Struct:
     )
 
 
+def _window_ok(n_in: int, n_out: int, kernel: int, stride: int, dilation: int, pad: int) -> bool:
+    """bnn_requant.h ``bnn_window_ok`` in Python: ``n_out`` windows of ``kernel`` taps spaced by
+    ``dilation``, moved by ``stride``, starting ``pad`` before an input of ``n_in``, each with a
+    tap inside the input, and ``n_out`` the count for some padding after the input."""
+    if min(n_in, n_out, kernel, stride, dilation) <= 0 or pad < 0:
+        return False
+    extent = (kernel - 1) * dilation + 1
+    if pad >= extent:
+        return False
+    last_start = (n_out - 1) * stride - pad
+    return last_start <= n_in - 1 and last_start + extent - n_in > -stride
+
+
+def check_geometry(
+    op: Op, x_shape: tuple[int, ...], out_shape: tuple[int, ...], kh: int, kw: int
+) -> None:
+    """The window geometry the C kernels check at run time, checked here first (generation time):
+    UnsupportedOp naming the op and the axis when the shapes, strides, dilations and padding
+    of ``op`` do not fit together (a damaged or hand-edited model)."""
+    if len(x_shape) != 4 or len(out_shape) != 4 or x_shape[0] != 1 or out_shape[0] != 1:
+        raise UnsupportedOp(
+            f"op {op.name!r}: expected [1, H, W, C] shapes, got {x_shape} -> {out_shape}"
+        )
+    a = op.attrs
+    strides = a.get("strides", (1, 1))
+    dilations = a.get("dilations", (1, 1))
+    pads = a.get("pads", (0, 0, 0, 0))
+    for axis, i, o, k, st, d, p in (
+        ("height", x_shape[1], out_shape[1], kh, strides[0], dilations[0], pads[0]),
+        ("width", x_shape[2], out_shape[2], kw, strides[1], dilations[1], pads[2]),
+    ):
+        if not _window_ok(int(i), int(o), int(k), int(st), int(d), int(p)):
+            raise UnsupportedOp(
+                f"op {op.name!r}: {axis}: {o} outputs from {i} inputs do not fit a {k}-tap window "
+                f"with stride {st}, dilation {d} and padding {p} before (the model's geometry is "
+                "inconsistent)"
+            )
+
+
 _KIND_SUFFIX = {OUT_AFFINE: "_affine", OUT_TFLITE: "_tflite", OUT_FLOAT: "_float"}
 
 
@@ -219,6 +258,22 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
             )
         _, zp = _quant(x_t)
         w_t = graph.tensors[op.inputs[1]]
+        check_geometry(op, x_t.shape, out_t.shape, w_t.shape[1], w_t.shape[2])
+        channels_in = x_t.shape[3] * (
+            op.attrs.get("depth_multiplier", 1) if op.type != "Conv2D" else 1
+        )
+        if op.type == "Conv2D" and (w_t.shape[3] != x_t.shape[3] or w_t.shape[0] != out_t.shape[3]):
+            raise UnsupportedOp(
+                f"op {op.name!r}: filter {w_t.shape} does not fit input {x_t.shape} and output "
+                f"{out_t.shape} (expected [{out_t.shape[3]}, KH, KW, {x_t.shape[3]}])"
+            )
+        if op.type != "Conv2D" and (
+            w_t.shape[3] != out_t.shape[3] or channels_in != out_t.shape[3]
+        ):
+            raise UnsupportedOp(
+                f"op {op.name!r}: depthwise filter {w_t.shape} does not fit input {x_t.shape} and "
+                f"output {out_t.shape}"
+            )
         fn = "bnn_conv2d_s8" if op.type == "Conv2D" else "bnn_depthwise_conv2d_s8"
         output = output_struct(graph, op)
         # the entry point of this output transform only (the linker drops the others)
@@ -251,6 +306,17 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
         return KernelCall("bnn_dense_s8", args, out, macs)
     if op.type == "BinaryConv2D":
         w_t = graph.tensors[op.inputs[1]]
+        check_geometry(op, x_t.shape, out_t.shape, w_t.shape[1], w_t.shape[2])
+        if tuple(op.attrs.get("dilations", (1, 1))) != (1, 1):
+            raise UnsupportedOp(
+                f"op {op.name!r}: dilation {tuple(op.attrs['dilations'])}; the binary convolution "
+                "kernel takes dilation 1 only"
+            )
+        if w_t.shape[3] != x_t.shape[3] or w_t.shape[0] != out_t.shape[3]:
+            raise UnsupportedOp(
+                f"op {op.name!r}: filter {w_t.shape} does not fit input {x_t.shape} and output "
+                f"{out_t.shape} (expected [{out_t.shape[3]}, KH, KW, {x_t.shape[3]}])"
+            )
         filters = pack_filters(_const(graph, op, 1))
         args = [
             ctx,
@@ -276,6 +342,7 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
     if op.type in ("AveragePool2D", "MaxPool2D"):
         lo, hi = activation_range(op.attrs.get("activation", "none"), out_t.quant, out_t.dtype)
         kh, kw = op.attrs["pool"]
+        check_geometry(op, x_t.shape, out_t.shape, int(kh), int(kw))
         fn = "bnn_avgpool_s8" if op.type == "AveragePool2D" else "bnn_maxpool_s8"
         args = [
             _conv_params(op),
