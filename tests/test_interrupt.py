@@ -107,6 +107,17 @@ def test_convert(
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
+@pytest.fixture(autouse=True)
+def python_handles_ctrl_c() -> Any:
+    """Ctrl-C as at an interactive prompt, whatever this process inherited: a job started in the
+    background of a non-interactive shell (``cmd &``, nohup) begins with SIGINT ignored, and then
+    neither this process nor the commands it starts would see the signal. The subprocesses below
+    inherit the default disposition from this handler (exec resets a handler, not an ignore)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def previous_generate(hybrid_h5: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("previous") / "gen"
