@@ -155,6 +155,17 @@ def _output_parent(dest: Path, option: str) -> Path:
     return parent
 
 
+def _move_aside(dest: Path, parent: Path) -> Path | None:
+    """Rename an existing ``dest`` to a new hidden sibling (``.NAME.old.*``) and return that path;
+    None when there is no ``dest``."""
+    if not dest.exists():
+        return None
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=parent))
+    os.rmdir(old)
+    os.replace(dest, old)
+    return old
+
+
 def swap_folder_into_place(stage: Path, dest: Path) -> None:
     """Put the folder ``stage`` at ``dest``, replacing a previous ``dest`` folder as a whole.
 
@@ -165,10 +176,7 @@ def swap_folder_into_place(stage: Path, dest: Path) -> None:
     old: Path | None = None
     try:
         with sigint_deferred():
-            if dest.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=parent))
-                os.rmdir(old)
-                os.replace(dest, old)
+            old = _move_aside(dest, parent)
             os.replace(stage, dest)
     except BaseException:
         if old is not None and not dest.exists():  # failed between the renames: put it back
@@ -233,10 +241,7 @@ def folder_set_aside(dest: str | Path, option: str = "-o") -> Iterator[Path]:
     created = False
     try:
         with sigint_deferred():
-            if dest.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=parent))
-                os.rmdir(old)
-                os.replace(dest, old)
+            old = _move_aside(dest, parent)
             try:
                 dest.mkdir()
             except OSError as exc:

@@ -631,23 +631,14 @@ static void bnn_bconv2d_accs_gathered(const bnn_bconv2d_geom_t *g, const uint32_
 {
     int32_t len = g->filter_words;
     int32_t k = 0;
-    if (pair16 && fpairs != NULL) {
-        bnn_bconv2d_pair_accs(g->k_all, buf, fpairs, g->taps, n / 2, acc);
-        k = n - n % 2;
-        if (k < n) { /* the last channel of an odd count */
-            const uint32_t *w1 = f + (size_t)k * (size_t)len;
-            uint32_t bytes = 0;
-            int32_t t;
-            for (t = 0; t < len; ++t) {
-                bytes += bnn_bconv2d_byte_counts((buf[t] ^ w1[t]) & 0xFFFFu);
-            }
-            acc[k] = bnn_bconv2d_acc(g->k_all, bnn_bconv2d_sum_bytes(bytes, 0u));
-        }
-        return;
-    }
     if (pair16) {
         /* two channels per word: buf holds x | x << 16, the filter words are below 2^16, so
-         * x ^ (w1 | w2 << 16) = (x ^ w1) | (x ^ w2) << 16 */
+         * x ^ (w1 | w2 << 16) = (x ^ w1) | (x ^ w2) << 16; the pairs made once per call if
+         * there are (fpairs), else here */
+        if (fpairs != NULL) {
+            bnn_bconv2d_pair_accs(g->k_all, buf, fpairs, g->taps, n / 2, acc);
+            k = n - n % 2;
+        }
         for (; k + 2 <= n; k += 2) {
             const uint32_t *w1 = f + (size_t)k * (size_t)len;
             const uint32_t *w2 = w1 + len;
