@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bnncube.converters.ir import MAC_OPS, Graph, Op, data_inputs, transform_of
+from bnncube.converters.ir import MAC_OPS, Graph, Op, data_inputs, fused_ops, transform_of
 
 ELEMENTWISE = ("Add", "Quantize", "Dequantize", "Bitpack", "Activation", "Softmax", "BatchNorm")
 LAYOUT = ("Reshape", "Pad")
@@ -65,6 +65,8 @@ class LayerFigures:
 
 
 def op_macc(graph: Graph, op: Op) -> int:
+    if fused_ops(op):  # a fused op: the sum of its parts
+        return sum(op_macc(graph, part) for part in fused_ops(op))
     out = graph.tensors[op.outputs[0]]
     if op.type in ("Conv2D", "BinaryConv2D"):
         w = graph.tensors[op.inputs[1]]
@@ -89,6 +91,8 @@ def op_macc(graph: Graph, op: Op) -> int:
 
 
 def op_precision(graph: Graph, op: Op) -> str:
+    if fused_ops(op):  # a fused op: its first part's (the MAC op)
+        return op_precision(graph, fused_ops(op)[0])
     if op.type in ("BinaryConv2D", "Bitpack"):
         return "binary"
     if op.type in MAC_OPS:
@@ -102,6 +106,8 @@ def op_precision(graph: Graph, op: Op) -> str:
 
 
 def _weights_bytes(graph: Graph, op: Op) -> int:
+    if fused_ops(op):
+        return sum(_weights_bytes(graph, part) for part in fused_ops(op))
     total = sum(t.nbytes for t in graph.const_inputs(op))
     if op.type in MAC_OPS and transform_of(op) == "tflite":
         w = graph.tensors[op.inputs[1]]
@@ -117,6 +123,8 @@ def _weights_bytes(graph: Graph, op: Op) -> int:
 
 
 def op_params(graph: Graph, op: Op) -> int:
+    if fused_ops(op):
+        return sum(op_params(graph, part) for part in fused_ops(op))
     transform = transform_of(op)
     total = 0
     for i, name in enumerate(op.inputs):

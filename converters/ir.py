@@ -138,6 +138,14 @@ def data_inputs(op: Op) -> int:
     return 2 if op.type in MAC_OPS or op.type == "Add" else 1
 
 
+def fused_ops(op: Op) -> list[Op]:
+    """The ops ``op`` stands for when a deployment pass fused them (``attrs["fused"]``, in the
+    order they run; e.g. ``passes.fuse_residual_adds``), or ``[]`` for an ordinary op. The
+    tensors between them stay in the graph (unproduced by any top-level op) so that the
+    reference can run the inner ops one by one."""
+    return list(op.attrs.get("fused", ()))
+
+
 def transform_of(op: Op) -> str:
     """The op's output transform (``"tflite"`` when the attribute is absent)."""
     return str(op.attrs.get("output_transform", "tflite"))
@@ -236,6 +244,7 @@ class Graph:
         """Drop tensors no op or graph boundary refers to."""
         used = set(self.inputs) | set(self.outputs)
         for op in self.ops:
-            used.update(op.inputs)
-            used.update(op.outputs)
+            for inner in [op, *fused_ops(op)]:
+                used.update(inner.inputs)
+                used.update(inner.outputs)
         self.tensors = {n: t for n, t in self.tensors.items() if n in used}

@@ -27,12 +27,13 @@ Each pass only fuses when the intermediate tensor has a single consumer and is n
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
 import numpy as np
 
-from bnncube.converters.ir import MAC_OPS, Graph, Op, Tensor
+from bnncube.converters.ir import MAC_OPS, Graph, Op, Tensor, fused_ops, transform_of
 from bnncube.converters.transforms import (
     affine_constants,
     shared_shift_constants,
@@ -398,3 +399,69 @@ def lower_graph(graph: Graph) -> Graph:
     graph.validate()
     graph.prune()
     return graph
+
+
+# --------------------------------------------------------------------------------------------
+# deployment fusions (the code generator's; the IR of analyze and the exporters keeps the ops)
+# --------------------------------------------------------------------------------------------
+
+
+def fuse_residual_adds(graph: Graph) -> Graph:
+    """``graph`` with every int8 ``Add`` fed by an affine ``BinaryConv2D`` (its only consumer)
+    fused into that convolution: one ``BinaryConv2D`` op named ``"<conv>+<add>"`` whose
+    ``attrs["fused"]`` holds the two original ops (``ir.fused_ops``), inputs the convolution's,
+    then the Add's other input (the residual), then the Add's constants, and the Add's output.
+    The C runtime runs it as ``bnn_bconv2d_add``: each output is the Add of the convolution's
+    int8 value and the residual's, made as the convolution makes it, so the convolution's
+    int8 tensor never exists (a residual block's widest buffer) and the sum may overwrite the
+    residual in place. The arithmetic is the two ops', bit for bit (the reference runs the
+    inner ops). Returns a copy sharing the tensors (``graph`` itself when nothing fuses);
+    ``graph`` is unchanged."""
+    fused_graph = copy.copy(graph)
+    fused_graph.ops = list(graph.ops)
+    fused_graph.tensors = dict(graph.tensors)
+    for add in list(fused_graph.ops):
+        pair = _residual_pair(fused_graph, add)
+        if pair is None:
+            continue
+        conv, position = pair
+        residual = add.inputs[1 - position]
+        fused = Op(
+            f"{conv.name}+{add.name}",
+            "BinaryConv2D",
+            [*conv.inputs, residual, *add.inputs[2:]],
+            list(add.outputs),
+            {**conv.attrs, "fused": (conv, add), "residual_position": position},
+        )
+        ops = fused_graph.ops
+        producer = fused_graph.producer(residual)
+        ready = producer is None or ops.index(producer) < ops.index(conv)
+        # at the convolution's place when the residual is made before it, else at the Add's
+        at = ops.index(conv) if ready else ops.index(add)
+        ops[at] = fused
+        ops.remove(add if ready else conv)
+    if len(fused_graph.ops) == len(graph.ops):
+        return graph
+    fused_graph.validate()
+    return fused_graph
+
+
+def _residual_pair(graph: Graph, add: Op) -> tuple[Op, int] | None:
+    """(the BinaryConv2D, its input position) when ``add`` may be fused into it."""
+    if add.type != "Add" or len(add.inputs) < 2 or len(add.outputs) != 1:
+        return None
+    out = graph.tensors[add.outputs[0]]
+    for position in (0, 1):
+        conv_out, residual = add.inputs[position], add.inputs[1 - position]
+        conv = graph.producer(conv_out)
+        if conv is None or conv.type != "BinaryConv2D" or fused_ops(conv):
+            continue
+        if conv_out == residual or transform_of(conv) != "affine":
+            continue
+        t, r = graph.tensors[conv_out], graph.tensors[residual]
+        if r.is_const or {t.dtype, r.dtype, out.dtype} != {"int8"}:
+            continue
+        if not (t.shape == r.shape == out.shape) or _single_consumer(graph, conv_out) is not add:
+            continue
+        return conv, position
+    return None

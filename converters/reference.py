@@ -31,7 +31,15 @@ from bnncube.converters.binary_reference import (
     pack_filters,
     unpack,
 )
-from bnncube.converters.ir import Graph, Op, Quant, Tensor, packed_words, transform_of
+from bnncube.converters.ir import (
+    Graph,
+    Op,
+    Quant,
+    Tensor,
+    fused_ops,
+    packed_words,
+    transform_of,
+)
 from bnncube.converters.transforms import shift_round_half_even
 
 _INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}
@@ -840,13 +848,19 @@ def run_graph(
             )
         if len(op.outputs) != 1:
             raise NotImplementedError(f"reference: op {op.name!r} has {len(op.outputs)} outputs")
-        y = fn(_Ctx(graph, op, values))
-        out = graph.tensors[op.outputs[0]]
-        if out.dtype == "binary":
-            values[op.outputs[0]] = np.asarray(y, np.uint32).reshape(packed_shape(out))
-            continue
-        y = np.asarray(y).astype(_NP_DTYPES[out.dtype], copy=False)
-        values[op.outputs[0]] = y.reshape(out.shape)
+        inner = fused_ops(op)
+        for part in inner[:-1]:  # a fused op: its ops one by one, as before the fusion
+            values[part.outputs[0]] = _store(graph, part, OPS[part.type](_Ctx(graph, part, values)))
+        last = inner[-1] if inner else op
+        values[op.outputs[0]] = _store(graph, op, OPS[last.type](_Ctx(graph, last, values)))
     if outputs_only:
         return {n: values[n] for n in graph.outputs}
     return values
+
+
+def _store(graph: Graph, op: Op, y: Any) -> np.ndarray:
+    """``op``'s result ``y`` in the representation of its output tensor."""
+    out = graph.tensors[op.outputs[0]]
+    if out.dtype == "binary":
+        return np.asarray(y, np.uint32).reshape(packed_shape(out))
+    return np.asarray(y).astype(_NP_DTYPES[out.dtype], copy=False).reshape(out.shape)

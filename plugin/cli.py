@@ -198,7 +198,10 @@ def _generate_options(fn):  # noqa: ANN001, ANN202
                 type=click.Choice(["time", "ram", "balanced"]),
                 default="balanced",
                 show_default=True,
-                help="Memory plan: ram tries every strategy and keeps the smallest arena.",
+                help="Memory plan: ram tries every strategy and keeps the smallest arena; "
+                "balanced and ram also compute a residual Add inside the binary convolution "
+                "before it where that makes the arena smaller (about 1% more instructions), "
+                "time never does.",
             ),
             click.option(
                 "--target",

@@ -15,7 +15,7 @@ works at two levels:
     last op is the op that first writes this buffer, this buffer is not larger than ``X`` and the
     offset suits its alignment. This is legal only for kernels that read element ``i`` before
     they write element ``i`` and whose output elements are no larger than their input elements
-    (Add, int8 requantization).
+    (Add, int8 requantization, a binary convolution fused with the Add after it).
 
   Any other two buffers whose lifetimes share an op must not share a byte.
 
@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bnncube.converters.ir import Graph
+from bnncube.converters.ir import Graph, fused_ops
 from bnncube.errors import BnnError
 
 ARENA_ROUND = 8  # the arena size is a multiple of this many bytes
@@ -735,9 +735,19 @@ def _inplace_inputs(graph: Graph, op_index: int, arena: set[str]) -> tuple[str, 
     to 1-byte Quantize (the output shrinks behind the reads). Dequantize (4 bytes out per byte
     in) and Bitpack (reads 32 values per word) never."""
     op = graph.ops[op_index]
-    if op.type not in INPLACE_OPS or len(op.outputs) != 1 or op.outputs[0] not in arena:
+    if len(op.outputs) != 1 or op.outputs[0] not in arena:
         return ()
     out = graph.tensors[op.outputs[0]]
+    if op.type == "BinaryConv2D" and fused_ops(op):
+        # a fused BinaryConv2D + Add writes each sum over the residual's element it read
+        # (bnn_bconv2d_add); never over its packed binary input
+        conv, add = fused_ops(op)
+        residual = graph.tensors[add.inputs[1 - int(op.attrs.get("residual_position", 0))]]
+        if residual.name in arena and residual.nbytes == out.nbytes:
+            return (residual.name,)
+        return ()
+    if op.type not in INPLACE_OPS:
+        return ()
     one_byte = ("int8", "uint8")
     names: list[str] = []
     for t in graph.activation_inputs(op):

@@ -133,12 +133,19 @@ def test_affine_exact(backend: Any, kind: str) -> None:
         assert len(cases) > 1500
 
 
-@pytest.fixture(scope="module")
-def runtime(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The whole runtime on the host (sanitized under BNN_C_SANITIZE) for the Add kernel."""
+@pytest.fixture(scope="module", params=["host", "m7"])
+def runtime(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, m7_runtime: Any
+) -> Any:
+    """The whole runtime for the Add kernel: on the host (sanitized under BNN_C_SANITIZE), and
+    on the emulated Cortex-M7, where the affine Add runs its assembly loops."""
     from bnncube.runtime_c.build import runtime_sources
 
     sanitize = os.environ.get("BNN_C_SANITIZE") == "1"
+    if request.param == "m7":
+        if sanitize:
+            pytest.skip("the sanitizer run covers the host builds only")
+        return m7_runtime(plain=False)
     build_dir = tmp_path_factory.mktemp("add")
     return HostBackend(
         Path(build_host_library(build_dir, sources=runtime_sources(), sanitize=sanitize))

@@ -778,3 +778,116 @@ def test_grid_constants_cover_every_case() -> None:
     assert seen["direction"] == {-1, 0, 1}
     assert clamps == set(CLAMPS)
     assert activations == {"none", "relu", "relu6"}
+
+
+# --------------------------------------------------------------------------------------------
+# binary Conv2D + Add (bnn_bconv2d_add, the fused residual block of passes.fuse_residual_adds)
+# --------------------------------------------------------------------------------------------
+
+
+def _add_graph(shape: tuple[int, ...], kind: str, rng: np.random.Generator) -> tuple[Graph, Op]:
+    """A one-op IR graph: y = Add(a, b) of int8 tensors of ``shape``; ``kind`` "affine_hi"
+    (shift >= 32), "affine_lo" (shift < 32) or "tflite"."""
+    from bnncube.converters.ir import Quant
+
+    g = Graph("add")
+    zps = [int(v) for v in rng.integers(-20, 20, 3)]
+    scales = [float(v) for v in rng.uniform(0.02, 0.2, 3)]
+    for name, s, zp in zip(("a", "b", "y"), scales, zps, strict=True):
+        g.add_tensor(Tensor(name, shape, "int8", Quant.per_tensor(s, zp)))
+    inputs = ["a", "b"]
+    attrs: dict[str, Any] = {}
+    if kind != "tflite":
+        shift = int(rng.integers(33, 50)) if kind == "affine_hi" else int(rng.integers(8, 31))
+        mult = rng.integers(-(1 << (shift - 8)), 1 << (shift - 8), 2).astype(np.int32)
+        mult = np.clip(mult, -(2**31), 2**31 - 1).astype(np.int32)
+        offset = int(rng.integers(-(1 << (shift + 4)), 1 << (shift + 4)))
+        inputs += [
+            g.add_const("mult", mult, "int32"),
+            g.add_const("shift", np.asarray([shift], np.int8), "int8"),
+            g.add_const("offset", np.asarray([offset], np.int64), "int64"),
+        ]
+        attrs = {"output_transform": "affine", "clamp": (-100, 90) if shift % 2 else (-128, 127)}
+    op = g.add_op(Op("add", "Add", inputs, ["y"], attrs))
+    g.inputs, g.outputs = ["a", "b"], ["y"]
+    return g, op
+
+
+@pytest.mark.parametrize("add_kind", ["affine_hi", "affine_lo", "tflite"])
+def test_bconv_add(backend: Any, add_kind: str) -> None:
+    """bnn_bconv2d_add equals the reference BinaryConv2D then Add, element for element, into a
+    separate buffer (with a guard zone) and in place over the residual (on the host builds the
+    same memory; the emulator copies each argument, so there it checks the values only)."""
+    from bnncube.validation.kernel_calls import _add_params
+
+    index = 0
+    for c in (3, 16, 24, 40, 64):
+        for o in (5, 24, 33):
+            case = _grid_case(c, index, o, KERNELS[index % 2], index % 2, "affine")
+            index += 1
+            data = case_data(case)
+            rng = np.random.default_rng([index, c, o])
+            g, op = _add_graph(data.expected.shape, add_kind, rng)
+            residual = rng.integers(-128, 128, data.expected.shape).astype(np.int8)
+            want = np.asarray(OPS["Add"](_Ctx(g, op, {"a": data.expected, "b": residual})))
+            args = call_args(case, data)
+            n = data.expected.size
+            out = np.full(n + GUARD, 0x5A, np.int8)
+            flat = residual.reshape(-1).copy()
+            call = [*args[:3], _add_params(g, op), *args[3:8]]
+            assert backend.call("bnn_bconv2d_add", *call, flat, out) == BNN_OK, case
+            assert np.array_equal(out[:n].reshape(want.shape), want), case
+            assert np.all(out[n:] == 0x5A), f"{case}: wrote past the output"
+            assert backend.call("bnn_bconv2d_add", *call, flat, flat) == BNN_OK
+            assert np.array_equal(flat.reshape(want.shape), want), f"{case}: in place"
+
+
+def call_args(case: Case, data: Data) -> list[Any]:
+    """bnn_bconv2d's arguments for a case, without the output buffer."""
+    oh, ow = case.out_hw
+    params = Struct(
+        "bnn_conv_params_t",
+        stride_h=case.stride[0],
+        stride_w=case.stride[1],
+        dilation_h=1,
+        dilation_w=1,
+        pad_top=case.pads[0],
+        pad_left=case.pads[2],
+        pad_value=case.pad_value,
+    )
+    return [
+        None,
+        params,
+        output_struct(case, data.consts),
+        dims(1, case.h, case.w, case.c),
+        data.x_packed.reshape(-1),
+        dims(case.o, case.kh, case.kw, case.c),
+        data.w_packed.reshape(-1),
+        dims(1, oh, ow, case.o),
+    ]
+
+
+@pytest.mark.parametrize("what", ["float_output", "no_add", "bad_add", "no_residual"])
+def test_bconv_add_bad_arguments(backend: Any, what: str) -> None:
+    """Refused calls of bnn_bconv2d_add write nothing."""
+    from bnncube.validation.kernel_calls import _add_params
+
+    case = _grid_case(16, 1, 5, (3, 3), 0, "affine")
+    data = case_data(case)
+    g, op = _add_graph(data.expected.shape, "affine_hi", np.random.default_rng(0))
+    add = _add_params(g, op)
+    args = call_args(case, data)
+    residual = np.zeros(data.expected.size, np.int8)
+    if what == "float_output":
+        args[2] = output_struct(
+            replace(case, kind="float"), case_data(replace(case, kind="float")).consts
+        )
+    elif what == "no_add":
+        add = None
+    elif what == "bad_add":
+        add.fields["affine_shift"] = 63
+    out = np.full(data.expected.size, 0x5A, np.int8)
+    res = None if what == "no_residual" else residual
+    status = backend.call("bnn_bconv2d_add", *args[:3], add, *args[3:8], res, out)
+    assert status == BNN_ERROR_ARGUMENT
+    assert np.all(out == 0x5A)

@@ -35,8 +35,9 @@ from bnncube.validation.kernel_calls import run_graph_c  # noqa: E402
 # issue 8, 35.30 M and 73.20 M after its second session (rounding-ready affine offsets, the 3x3
 # depthwise path, binary conv filter pairs and bit streams, the expanded pointwise path in
 # assembly, VCVTA/VCVTN quantization). The budgets leave 2% for compiler differences; lower them
-# when the kernels get faster (issue 8's targets are 14 M and 30 M).
-BUDGETS = {"hybrid": 36_000_000, "mnv2_i8": 74_700_000}
+# when the kernels get faster (issue 8's targets are 14 M and 30 M). The Add in assembly (third
+# session): hybrid 33.66 M.
+BUDGETS = {"hybrid": 34_350_000, "mnv2_i8": 74_700_000}
 
 
 @pytest.fixture(scope="module", params=["host", "m7"])
@@ -61,9 +62,12 @@ def _input(graph: Graph, seed: int) -> np.ndarray:
 
 
 def _check(graph: Graph, backend: Any, x: np.ndarray) -> Any:
+    """Every tensor the C kernels make equals the reference's (a fused op's inner tensors exist
+    in the reference only)."""
     ref = run_graph(graph, [x], outputs_only=False)
     run = run_graph_c(graph, backend, [x])
-    mismatched = [n for n in ref if not np.array_equal(ref[n], run.values[n])]
+    made = [*graph.inputs, *(name for op in graph.ops for name in op.outputs)]
+    mismatched = [n for n in made if not np.array_equal(ref[n], run.values[n])]
     assert not mismatched, f"tensors differ from the reference: {mismatched[:5]}"
     return run
 
@@ -102,3 +106,42 @@ def test_random_qkeras_models(backend: Any, random_qkeras_graphs: list[Graph]) -
         for seed in (0, 1, 2):
             _check(graph, backend, _input(graph, seed))
     assert {"affine", "float", "threshold"} <= transforms
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_fused_residual_adds(backend: Any, hybrid_h5: Path, swap: bool) -> None:
+    """passes.fuse_residual_adds on the zoo hybrid (each binary conv's Add fused into it,
+    bnn_bconv2d_add), with the convolution as the Add's first input and, with ``swap``, as its
+    second: the C kernels equal the reference of the fused graph, which equals the unfused one."""
+    import copy
+
+    from bnncube.converters.ir import fused_ops
+    from bnncube.converters.passes import fuse_residual_adds
+
+    graph = load_model(hybrid_h5)
+    if swap:
+        graph = copy.copy(graph)
+        graph.ops = [copy.copy(op) for op in graph.ops]
+        for op in graph.ops:
+            if op.type == "Add":
+                op.inputs = [op.inputs[1], op.inputs[0], *op.inputs[2:]]
+    fused = fuse_residual_adds(graph)
+    parts = [fused_ops(op) for op in fused.ops if fused_ops(op)]
+    assert [(a.type, b.type) for a, b in parts] == [("BinaryConv2D", "Add")] * 5
+    assert {op.attrs["residual_position"] for op in fused.ops if fused_ops(op)} == {int(swap)}
+    x = _input(graph, 3)
+    want = run_graph(graph, [x])[graph.outputs[0]]
+    run = _check(fused, backend, x)
+    assert np.array_equal(run.values[graph.outputs[0]], want)
+
+
+def test_random_qkeras_models_fused(backend: Any, random_qkeras_graphs: list[Graph]) -> None:
+    """The random QKeras models with their residual Adds fused (where there are)."""
+    from bnncube.converters.passes import fuse_residual_adds
+
+    for graph in random_qkeras_graphs:
+        fused = fuse_residual_adds(graph)
+        x = _input(graph, 4)
+        run = _check(fused, backend, x)
+        want = run_graph(graph, [x])[graph.outputs[0]]
+        assert np.array_equal(run.values[graph.outputs[0]], want)

@@ -44,9 +44,25 @@ def test_hybrid_bit_exact(hybrid_h5: Path, tmp_path: Path, record_property: Any)
     m = report["metrics"]["embedding"]["vs_original"]
     record_property("vs_qkeras", m)
     assert m["cos"] > 0.99  # vs QKeras' float forward pass (see test_reference_qkeras)
-    # the planned arena, with res1_proj scheduled before res1_bconv and the float input quantized
-    # in place (147,456 B in graph order): the lower bound of the hybrid's buffers
-    assert report["activations_bytes"] == 119_808
+    # the planned arena: the float input (quantized in place) alone, as the residual Adds run
+    # inside the binary convolutions (119,808 B without that fusion, 147,456 B in graph order)
+    assert report["activations_bytes"] == 110_592
+
+
+def test_time_keeps_the_residual_adds(hybrid_h5: Path) -> None:
+    """-O time never fuses (the fused residual costs instructions); balanced and ram do, here."""
+    from bnncube.converters.ir import fused_ops
+
+    graph = load_model(hybrid_h5)
+    time = generate_code(graph, GenerateOptions(optimization="time"))
+    assert not any(fused_ops(op) for op in time.graph.ops)
+    assert time.activations_bytes == 119_808
+    assert "bnn_bconv2d" in time.kernels and "bnn_add_s8" in time.kernels
+    for optimization in ("balanced", "ram"):
+        result = generate_code(graph, GenerateOptions(optimization=optimization))
+        assert sum(bool(fused_ops(op)) for op in result.graph.ops) == 5
+        assert result.activations_bytes == 110_592
+        assert "bnn_bconv2d_add" in result.kernels and "bnn_add_s8" not in result.kernels
 
 
 def test_mnv2_i8_bit_exact_and_equal_to_tflite(mnv2_i8_tflite: Path, tmp_path: Path) -> None:

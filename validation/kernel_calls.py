@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bnncube.converters.binary_reference import pack_filters
-from bnncube.converters.ir import Graph, Op, Tensor, transform_of
+from bnncube.converters.ir import Graph, Op, Tensor, fused_ops, transform_of
 from bnncube.converters.reference import (
     activation_range,
     packed_shape,
@@ -305,31 +305,26 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
         ]
         return KernelCall("bnn_dense_s8", args, out, macs)
     if op.type == "BinaryConv2D":
+        parts = fused_ops(op)
+        conv = parts[0] if parts else op  # errors name the model's own layer
         w_t = graph.tensors[op.inputs[1]]
-        check_geometry(op, x_t.shape, out_t.shape, w_t.shape[1], w_t.shape[2])
+        check_geometry(conv, x_t.shape, out_t.shape, w_t.shape[1], w_t.shape[2])
         if tuple(op.attrs.get("dilations", (1, 1))) != (1, 1):
             raise UnsupportedOp(
-                f"op {op.name!r}: dilation {tuple(op.attrs['dilations'])}; the binary convolution "
-                "kernel takes dilation 1 only"
+                f"op {conv.name!r}: dilation {tuple(op.attrs['dilations'])}; the binary "
+                "convolution kernel takes dilation 1 only"
             )
         if w_t.shape[3] != x_t.shape[3] or w_t.shape[0] != out_t.shape[3]:
             raise UnsupportedOp(
-                f"op {op.name!r}: filter {w_t.shape} does not fit input {x_t.shape} and output "
+                f"op {conv.name!r}: filter {w_t.shape} does not fit input {x_t.shape} and output "
                 f"{out_t.shape} (expected [{out_t.shape[3]}, KH, KW, {x_t.shape[3]}])"
             )
         filters = pack_filters(_const(graph, op, 1))
-        args = [
-            ctx,
-            _conv_params(op),
-            output_struct(graph, op),
-            _dims4(x_t.shape),
-            np.asarray(x, np.uint32),
-            _dims4(w_t.shape),
-            filters,
-            _dims4(out_t.shape),
-            out,
-        ]
-        return KernelCall("bnn_bconv2d", args, out, macs)
+        head = [ctx, _conv_params(op), output_struct(graph, conv)]
+        data = [_dims4(x_t.shape), np.asarray(x, np.uint32), _dims4(w_t.shape), filters]
+        if parts:  # BinaryConv2D + Add (passes.fuse_residual_adds)
+            return _bconv_add_call(graph, op, values, head, data, out, macs)
+        return KernelCall("bnn_bconv2d", [*head, *data, _dims4(out_t.shape), out], out, macs)
     if op.type == "Bitpack":
         rows = int(np.prod(x_t.shape[:-1]))
         channels = int(x_t.shape[-1])
@@ -379,15 +374,54 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
     )
 
 
+def _bconv_add_call(
+    graph: Graph,
+    op: Op,
+    values: dict[str, np.ndarray],
+    head: list[Any],
+    data: list[Any],
+    out: np.ndarray,
+    macs: int,
+) -> KernelCall:
+    """``bnn_bconv2d_add`` for a fused BinaryConv2D + Add: the Add's parameters with the
+    convolution's value as input a (the Add is symmetric in its inputs, bit for bit)."""
+    conv, add = fused_ops(op)
+    position = int(op.attrs.get("residual_position", 0))
+    params = _add_params(graph, add)
+    if position == 1:
+        params = _swap_add_inputs(params)
+    residual = np.ascontiguousarray(values[add.inputs[1 - position]])
+    out_dims = _dims4(graph.tensors[op.outputs[0]].shape)
+    args = [*head, params, *data, out_dims, residual, out]
+    return KernelCall("bnn_bconv2d_add", args, out, macs)
+
+
+def _swap_add_inputs(params: Struct) -> Struct:
+    """The same ``bnn_add_params_t`` with inputs a and b exchanged."""
+    fields = dict(params.fields)
+    for a, b in (
+        ("a_zero_point", "b_zero_point"),
+        ("a_mult", "b_mult"),
+        ("a_shift", "b_shift"),
+        ("affine_mult0", "affine_mult1"),
+    ):
+        fields[a], fields[b] = params.fields[b], params.fields[a]
+    return Struct(params.ctype, **fields)
+
+
 def _add_args(graph: Graph, op: Op, values: dict[str, np.ndarray], out: np.ndarray) -> list[Any]:
+    a = np.ascontiguousarray(values[op.inputs[0]]).reshape(-1)
+    b = np.ascontiguousarray(values[op.inputs[1]]).reshape(-1)
+    return [_add_params(graph, op), int(a.size), a, b, out.reshape(-1)]
+
+
+def _add_params(graph: Graph, op: Op) -> Struct:
     a_t, b_t, out_t = (graph.tensors[n] for n in (op.inputs[0], op.inputs[1], op.outputs[0]))
     if a_t.shape != b_t.shape:
         raise UnsupportedOp(f"op {op.name!r}: Add with broadcasting")
     s_a, zp_a = _quant(a_t)
     s_b, zp_b = _quant(b_t)
     s_o, zp_o = _quant(out_t)
-    a = np.ascontiguousarray(values[op.inputs[0]]).reshape(-1)
-    b = np.ascontiguousarray(values[op.inputs[1]]).reshape(-1)
     if transform_of(op) == "affine":
         mult = _const(graph, op, 2).reshape(-1)
         lo, hi = op.attrs["clamp"]
@@ -422,7 +456,7 @@ def _add_args(graph: Graph, op: Op, values: dict[str, np.ndarray], out: np.ndarr
             act_min=lo,
             act_max=hi,
         )
-    return [params, int(a.size), a, b, out.reshape(-1)]
+    return params
 
 
 def _quantize_args(graph: Graph, op: Op, x: np.ndarray, out: np.ndarray) -> tuple[str, list[Any]]:

@@ -105,6 +105,18 @@ typedef struct {
     int32_t act_min, act_max;
 } bnn_add_params_t;
 
+/* Binary Conv2D followed by an Add (a residual block's sum, computed as the convolution's
+ * outputs are made): out = bnn_add_s8(add, conv, residual) element by element, where conv is
+ * bnn_bconv2d's int8 output (output->kind must be BNN_OUT_AFFINE) and residual an int8 tensor
+ * of out_dims. `out` may be `residual` itself (in place: each element is read before its byte
+ * is written), or a buffer that overlaps neither it, `in` nor `filter`. Arguments as
+ * bnn_bconv2d and bnn_add_s8 take them; anything else: BNN_ERROR_ARGUMENT, nothing written. */
+bnn_status_t bnn_bconv2d_add(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                             const bnn_output_t *output, const bnn_add_params_t *add,
+                             const bnn_dims_t *in_dims, const uint32_t *in,
+                             const bnn_dims_t *filter_dims, const uint32_t *filter,
+                             const bnn_dims_t *out_dims, const int8_t *residual, int8_t *out);
+
 bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8_t *a,
                         const int8_t *b, int8_t *out);
 

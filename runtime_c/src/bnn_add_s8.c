@@ -25,21 +25,160 @@ static int shift_ok(int32_t shift)
     return shift >= -31 && shift <= 31;
 }
 
+int bnn_add_params_ok(const bnn_add_params_t *params)
+{
+    if (params == NULL || !bnn_zero_point_ok(params->a_zero_point) ||
+        !bnn_zero_point_ok(params->b_zero_point) ||
+        !bnn_int8_range_ok(params->act_min, params->act_max)) {
+        return 0;
+    }
+    if (params->kind == BNN_OUT_TFLITE) {
+        return params->left_shift >= 0 && params->left_shift <= 31 &&
+               shift_ok(params->a_shift) && shift_ok(params->b_shift) &&
+               shift_ok(params->out_shift) && bnn_zero_point_ok(params->out_zero_point);
+    }
+    if (params->kind == BNN_OUT_AFFINE) {
+        return params->affine_shift >= 1 && params->affine_shift <= 62 &&
+               params->affine_offset > -BNN_AFFINE_OFFSET_LIMIT &&
+               params->affine_offset < BNN_AFFINE_OFFSET_LIMIT;
+    }
+    return 0;
+}
+
 bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8_t *a,
                         const int8_t *b, int8_t *out)
 {
-    int32_t i;
-    if (params == NULL || a == NULL || b == NULL || out == NULL || size <= 0 ||
-        !bnn_zero_point_ok(params->a_zero_point) || !bnn_zero_point_ok(params->b_zero_point) ||
-        !bnn_int8_range_ok(params->act_min, params->act_max)) {
+    if (a == NULL || b == NULL || out == NULL || size <= 0 || !bnn_add_params_ok(params)) {
         return BNN_ERROR_ARGUMENT;
     }
+    bnn_add_s8_prepared_t prepared;
+    bnn_add_s8_prepare(params, &prepared);
+    bnn_add_s8_run(&prepared, size, a, b, out);
+    return BNN_OK;
+}
+
+#if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
+#define BNN_ADD_ASM 1
+/* The affine Add for shift = 32 + k (0 <= k <= 30) on the Cortex-M7, before the clamp to
+ * [act_min, act_max]: out[i] = ssat8(round_half_even(t / 2^(32 + k))) with
+ * t = a[i] * ma + b[i] * mb + c, c = ready - za * ma - zb * mb (the zero points folded into
+ * the offset: the same int64 sum, exact, as every term is below 2^62 + 2^61 + 2^40). Element i
+ * is read before out[i] is written. Two SMLALs, an ASR and a tie test that is almost never
+ * taken; 12 instructions per element. */
+static void bnn_add_affine_hi(int32_t size, const int8_t *a, const int8_t *b, int8_t *out,
+                              int32_t ma, int32_t mb, int64_t c, int32_t k)
+{
+    /* pointers at the ends and a negative index counting up to 0: no end register */
+    const int8_t *a_end = a + size;
+    const int8_t *b_end = b + size;
+    int8_t *out_end = out + size;
+    int32_t i = -size;
+    const int64_t c_mem = c; /* read by LDRD from the stack: two registers fewer */
+    int32_t x, y;
+    uint32_t lo, hi;
+    __asm__ volatile(
+        "1:\n\t"
+        "ldrsb %[x], [%[pa], %[i]]\n\t"
+        "ldrsb %[y], [%[pb], %[i]]\n\t"
+        "ldrd %[lo], %[hi], %[c]\n\t"
+        "smlal %[lo], %[hi], %[x], %[ma]\n\t"
+        "smlal %[lo], %[hi], %[y], %[mb]\n\t"
+        "asr %[x], %[hi], %[k]\n\t"
+        "cmp %[lo], #0\n\t"
+        "beq 3f\n"
+        "2:\n\t"
+        "ssat %[x], #8, %[x]\n\t"
+        "strb %[x], [%[po], %[i]]\n\t"
+        "adds %[i], %[i], #1\n\t"
+        "bne 1b\n\t"
+        "b 4f\n"
+        /* the low word is 0: a tie when the low k bits of the high word are 0 too (k = 0:
+         * a shift by 32 leaves 0); then half to even clears the quotient's bit 0 */
+        "3:\n\t"
+        "rsb %[lo], %[k], #32\n\t"
+        "lsl %[lo], %[hi], %[lo]\n\t"
+        "cmp %[lo], #0\n\t"
+        "it eq\n\t"
+        "biceq %[x], %[x], #1\n\t"
+        "b 2b\n"
+        "4:\n"
+        : [i] "+&r"(i), [x] "=&r"(x), [y] "=&r"(y), [lo] "=&r"(lo), [hi] "=&r"(hi)
+        : [pa] "r"(a_end), [pb] "r"(b_end), [po] "r"(out_end), [ma] "r"(ma), [mb] "r"(mb),
+          [c] "m"(c_mem), [k] "r"(k)
+        : "cc", "memory");
+}
+
+/* The same for shift s < 32 (up = 32 - s): the quotient is (hi << up) | (lo >> s) when hi
+ * fits s signed bits, which holds iff shifting it back gives hi; otherwise it is beyond int32
+ * and saturates by the sign of hi. A tie: the low s bits of lo are 0 (lo << up == 0). */
+static void bnn_add_affine_lo(int32_t size, const int8_t *a, const int8_t *b, int8_t *out,
+                              int32_t ma, int32_t mb, int64_t c, int32_t s)
+{
+    const int8_t *a_end = a + size;
+    const int8_t *b_end = b + size;
+    int8_t *out_end = out + size;
+    int32_t i = -size;
+    int32_t up = 32 - s;
+    const int64_t c_mem = c; /* read by LDRD from the stack: two registers fewer */
+    int32_t x, y;
+    uint32_t lo, hi;
+    __asm__ volatile(
+        "1:\n\t"
+        "ldrsb %[x], [%[pa], %[i]]\n\t"
+        "ldrsb %[y], [%[pb], %[i]]\n\t"
+        "ldrd %[lo], %[hi], %[c]\n\t"
+        "smlal %[lo], %[hi], %[x], %[ma]\n\t"
+        "smlal %[lo], %[hi], %[y], %[mb]\n\t"
+        "lsl %[x], %[hi], %[up]\n\t"
+        "lsr %[y], %[lo], %[s]\n\t"
+        "orr %[x], %[x], %[y]\n\t"
+        "asr %[y], %[x], %[up]\n\t"
+        "cmp %[y], %[hi]\n\t"
+        "bne 5f\n\t"
+        "lsls %[y], %[lo], %[up]\n\t"
+        "beq 3f\n"
+        "2:\n\t"
+        "ssat %[x], #8, %[x]\n\t"
+        "strb %[x], [%[po], %[i]]\n\t"
+        "adds %[i], %[i], #1\n\t"
+        "bne 1b\n\t"
+        "b 4f\n"
+        "3:\n\t" /* a tie: half to even */
+        "bic %[x], %[x], #1\n\t"
+        "b 2b\n"
+        "5:\n\t" /* beyond int32: the sign of hi decides */
+        "asr %[x], %[hi], #31\n\t"
+        "eor %[x], %[x], #127\n\t"
+        "b 2b\n"
+        "4:\n"
+        : [i] "+&r"(i), [x] "=&r"(x), [y] "=&r"(y), [lo] "=&r"(lo), [hi] "=&r"(hi)
+        : [pa] "r"(a_end), [pb] "r"(b_end), [po] "r"(out_end), [ma] "r"(ma), [mb] "r"(mb),
+          [c] "m"(c_mem), [s] "r"(s), [up] "r"(up)
+        : "cc", "memory");
+}
+#else
+#define BNN_ADD_ASM 0
+#endif
+
+void bnn_add_s8_prepare(const bnn_add_params_t *params, bnn_add_s8_prepared_t *prepared)
+{
+    prepared->params = params;
+    prepared->ready = 0;
+    prepared->folded = 0;
+    if (params->kind == BNN_OUT_AFFINE) {
+        prepared->ready = bnn_affine_ready_offset(params->affine_offset, params->affine_shift);
+        prepared->folded = prepared->ready - (int64_t)params->a_zero_point *
+                                                 params->affine_mult[0] -
+                           (int64_t)params->b_zero_point * params->affine_mult[1];
+    }
+}
+
+void bnn_add_s8_run(const bnn_add_s8_prepared_t *prepared, int32_t size, const int8_t *a,
+                    const int8_t *b, int8_t *out)
+{
+    const bnn_add_params_t *params = prepared->params;
+    int32_t i;
     if (params->kind == BNN_OUT_TFLITE) {
-        if (params->left_shift < 0 || params->left_shift > 31 || !shift_ok(params->a_shift) ||
-            !shift_ok(params->b_shift) || !shift_ok(params->out_shift) ||
-            !bnn_zero_point_ok(params->out_zero_point)) {
-            return BNN_ERROR_ARGUMENT;
-        }
         for (i = 0; i < size; ++i) {
             uint32_t da = (uint32_t)(a[i] - params->a_zero_point) << params->left_shift;
             uint32_t db = (uint32_t)(b[i] - params->b_zero_point) << params->left_shift;
@@ -50,22 +189,25 @@ bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8
             out[i] = (int8_t)bnn_clamp((int64_t)scaled + params->out_zero_point, params->act_min,
                                        params->act_max);
         }
-        return BNN_OK;
+        return;
     }
-    if (params->kind == BNN_OUT_AFFINE) {
-        if (params->affine_shift < 1 || params->affine_shift > 62 ||
-            params->affine_offset <= -BNN_AFFINE_OFFSET_LIMIT ||
-            params->affine_offset >= BNN_AFFINE_OFFSET_LIMIT) {
-            return BNN_ERROR_ARGUMENT;
-        }
-        const int64_t ready = bnn_affine_ready_offset(params->affine_offset,
-                                                      params->affine_shift);
+    {
+        const int64_t ready = prepared->ready;
         const int32_t ma = params->affine_mult[0], mb = params->affine_mult[1];
         const int32_t za = params->a_zero_point, zb = params->b_zero_point;
         const int32_t shift = params->affine_shift, lo = params->act_min, hi = params->act_max;
         if (shift >= 32) {
             /* the usual case, unswitched: the quotient is the high word shifted by k */
             const int32_t k = shift - 32;
+#if BNN_ADD_ASM
+            bnn_add_affine_hi(size, a, b, out, ma, mb, prepared->folded, k);
+            if (lo > BNN_INT8_MIN || hi < BNN_INT8_MAX) {
+                for (i = 0; i < size; ++i) {
+                    out[i] = (int8_t)bnn_clamp32(out[i], lo, hi);
+                }
+            }
+            return;
+#endif
             for (i = 0; i < size; ++i) {
                 int64_t u = (int64_t)(a[i] - za) * ma + (int64_t)(b[i] - zb) * mb + ready;
                 uint32_t ul = (uint32_t)(uint64_t)u;
@@ -76,13 +218,24 @@ bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8
                 }
                 out[i] = (int8_t)(q > hi ? hi : (q < lo ? lo : q));
             }
-            return BNN_OK;
+            return;
         }
         {
             /* shift < 32, unswitched: q = uh * 2^(32 - shift) + floor(ul / 2^shift), with uh
              * limited to [-2^(shift-1), 2^(shift-1)) first (beyond it the result is clamped) */
             const int32_t limit = (int32_t)1 << (shift - 1);
             const int32_t up = 32 - shift;
+#if BNN_ADD_ASM
+            bnn_add_affine_lo(size, a, b, out, ma, mb, prepared->folded, shift);
+            if (lo > BNN_INT8_MIN || hi < BNN_INT8_MAX) {
+                for (i = 0; i < size; ++i) {
+                    out[i] = (int8_t)bnn_clamp32(out[i], lo, hi);
+                }
+            }
+            (void)limit;
+            (void)up;
+            return;
+#endif
             for (i = 0; i < size; ++i) {
                 /* |each term| <= 255 * 2^31 < 2^40, |ready| < 2^62 + 2^61: no overflow */
                 int64_t u = (int64_t)(a[i] - za) * ma + (int64_t)(b[i] - zb) * mb + ready;
@@ -103,7 +256,6 @@ bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8
                 out[i] = (int8_t)q;
             }
         }
-        return BNN_OK;
     }
-    return BNN_ERROR_ARGUMENT;
 }
+

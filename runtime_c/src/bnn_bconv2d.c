@@ -270,8 +270,9 @@ static void bnn_bconv2d_emit_lce(const bnn_bconv2d_geom_t *g, const bnn_output_t
 }
 
 /* Output channels o0 .. o0 + n - 1 (n <= 32, o0 a multiple of 32) of output pixel `pixel`. */
-static void bnn_bconv2d_emit(const bnn_bconv2d_geom_t *g, const bnn_output_t *output,
-                             int32_t pixel, int32_t o0, int32_t n, const int32_t *acc, void *out)
+BNN_ALWAYS_INLINE void bnn_bconv2d_emit(const bnn_bconv2d_geom_t *g, const bnn_output_t *output,
+                                        int32_t pixel, int32_t o0, int32_t n, const int32_t *acc,
+                                        void *out)
 {
     int32_t k;
     if (output->kind == BNN_OUT_THRESHOLD) {
@@ -301,6 +302,33 @@ static void bnn_bconv2d_emit(const bnn_bconv2d_geom_t *g, const bnn_output_t *ou
     for (k = 0; k < n; ++k) {
         bnn_output_store(output, o0 + k, acc[k], out, pixel * g->o + o0 + k);
     }
+}
+
+/* bnn_bconv2d_add's Add, with its per-call constants made once. */
+typedef struct {
+    bnn_add_s8_prepared_t add;
+    const int8_t *residual;
+    int8_t *out;
+} bnn_bconv2d_sum_t;
+
+/* bnn_bconv2d_add's output for channels o0 .. o0 + n - 1 of output element `index` (pixel *
+ * O + o0): the int8 values (AFFINE) are the Add's input a, the residual its input b, and out
+ * receives the sums. residual[i] is read before out[i] is written, so out may be residual. */
+BNN_NOINLINE void bnn_bconv2d_emit_sum(const bnn_output_t *output, const bnn_bconv2d_sum_t *sum,
+                                       size_t index, int32_t o0, int32_t n, const int32_t *acc)
+{
+    const int32_t *mult = output->a_mult + o0;
+    const int64_t *offset = output->a_offset + o0;
+    const int8_t *shift = output->a_shift + o0;
+    const int8_t *b = sum->residual + index;
+    int8_t *dst = sum->out + index;
+    int8_t a[BNN_BCONV2D_BLOCK];
+    int32_t k;
+    for (k = 0; k < n; ++k) {
+        a[k] = (int8_t)bnn_affine(acc[k], mult[k], offset[k], shift[k], output->act_min,
+                                  output->act_max);
+    }
+    bnn_add_s8_run(&sum->add, n, a, b, dst);
 }
 
 /* ---- plain C path ----------------------------------------------------------------------- */
@@ -728,13 +756,20 @@ static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
 
 /* ---- entry point ------------------------------------------------------------------------ */
 
-bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *params,
-                         const bnn_output_t *output, const bnn_dims_t *in_dims,
-                         const uint32_t *in, const bnn_dims_t *filter_dims,
-                         const uint32_t *filter, const bnn_dims_t *out_dims, void *out)
+
+/* Both entry points (inlined in each: without the Add the compiler drops its code). */
+BNN_ALWAYS_INLINE bnn_status_t bnn_bconv2d_run(const bnn_conv_params_t *params,
+                                                const bnn_output_t *output,
+                                                const bnn_add_params_t *add,
+                                                const int8_t *residual,
+                                                const bnn_dims_t *in_dims, const uint32_t *in,
+                                                const bnn_dims_t *filter_dims,
+                                                const uint32_t *filter,
+                                                const bnn_dims_t *out_dims, void *out)
 {
     bnn_bconv2d_geom_t g;
     bnn_bconv2d_geom_t g_one; /* the same geometry with one padding (BNN_OUT_LCE) */
+    bnn_bconv2d_sum_t sum;    /* bnn_bconv2d_add's Add */
     int32_t acc[BNN_BCONV2D_BLOCK];
     int32_t acc_one[BNN_BCONV2D_BLOCK];
     const uint32_t *fstream = (const uint32_t *)0; /* the filters' bit streams, if made */
@@ -746,13 +781,17 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
     int32_t y;
     int32_t x;
     int32_t o0;
-    (void)ctx;
     if (bnn_bconv2d_check(params, output, in_dims, in, filter_dims, filter, out_dims, out, &g) !=
         BNN_OK) {
         return BNN_ERROR_ARGUMENT;
     }
     g_one = g;
     g_one.pad_value = 1;
+    if (add != NULL) {
+        bnn_add_s8_prepare(add, &sum.add);
+        sum.residual = residual;
+        sum.out = (int8_t *)out;
+    }
 #if BNN_BCONV2D_FAST
     /* 16 < C < 32: every filter as one bit stream (KH * KW taps of C bits), made once per
      * call (C <= 16 takes the two-channels-per-word path instead, which is faster there) */
@@ -789,7 +828,10 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
             for (o0 = 0; o0 < g.o; o0 += BNN_BCONV2D_BLOCK) {
                 int32_t n = g.o - o0 < BNN_BCONV2D_BLOCK ? g.o - o0 : BNN_BCONV2D_BLOCK;
                 bnn_bconv2d_pixel(&g, in, filter, fstream, fpairs, swords, y, x, o0, n, acc);
-                if (output->kind != BNN_OUT_LCE) {
+                if (add != NULL) {
+                    bnn_bconv2d_emit_sum(output, &sum, (size_t)pixel * (size_t)g.o + (size_t)o0,
+                                         o0, n, acc);
+                } else if (output->kind != BNN_OUT_LCE) {
                     bnn_bconv2d_emit(&g, output, pixel, o0, n, acc, out);
                 } else if (border && g.pad_value == 0) {
                     bnn_bconv2d_pixel(&g_one, in, filter, fstream, fpairs, swords, y, x, o0, n,
@@ -802,4 +844,29 @@ bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *para
         }
     }
     return BNN_OK;
+}
+
+bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                         const bnn_output_t *output, const bnn_dims_t *in_dims,
+                         const uint32_t *in, const bnn_dims_t *filter_dims,
+                         const uint32_t *filter, const bnn_dims_t *out_dims, void *out)
+{
+    (void)ctx;
+    return bnn_bconv2d_run(params, output, (const bnn_add_params_t *)0, (const int8_t *)0,
+                           in_dims, in, filter_dims, filter, out_dims, out);
+}
+
+bnn_status_t bnn_bconv2d_add(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                             const bnn_output_t *output, const bnn_add_params_t *add,
+                             const bnn_dims_t *in_dims, const uint32_t *in,
+                             const bnn_dims_t *filter_dims, const uint32_t *filter,
+                             const bnn_dims_t *out_dims, const int8_t *residual, int8_t *out)
+{
+    (void)ctx;
+    if (add == NULL || output == NULL || output->kind != BNN_OUT_AFFINE || residual == NULL ||
+        !bnn_add_params_ok(add)) {
+        return BNN_ERROR_ARGUMENT;
+    }
+    return bnn_bconv2d_run(params, output, add, residual, in_dims, in, filter_dims, filter,
+                           out_dims, out);
 }

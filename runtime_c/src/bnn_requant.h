@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "bnn_kernels.h"
 #include "bnn_types.h"
 
 #if defined(__ARM_FEATURE_DSP) && !defined(BNN_FORCE_PLAIN_C)
@@ -42,8 +43,31 @@
 #define BNN_ALWAYS_INLINE static inline
 #endif
 
+/* Never inline (a cold or self-contained helper that should keep its own registers). */
+#if defined(__GNUC__)
+#define BNN_NOINLINE static __attribute__((noinline))
+#else
+#define BNN_NOINLINE static
+#endif
+
 #define BNN_INT8_MIN (-128)
 #define BNN_INT8_MAX 127
+
+/* ---- shared between kernels (defined in bnn_add_s8.c) --------------------------------- */
+
+/* Whether `params` is a valid bnn_add_params_t (bnn_add_s8's contract; not NULL). */
+int bnn_add_params_ok(const bnn_add_params_t *params);
+/* bnn_add_s8 in two steps, for callers that add many short runs (bnn_bconv2d_add): the
+ * per-call constants once, then the arithmetic without the checks (params valid, size >= 1).
+ * Element i is read from a and b before out[i] is written, so `out` may be `a` or `b`. */
+typedef struct {
+    const bnn_add_params_t *params;
+    int64_t ready;  /* affine: B + 2^(S-1) */
+    int64_t folded; /* affine: ready - za * M[0] - zb * M[1] */
+} bnn_add_s8_prepared_t;
+void bnn_add_s8_prepare(const bnn_add_params_t *params, bnn_add_s8_prepared_t *prepared);
+void bnn_add_s8_run(const bnn_add_s8_prepared_t *prepared, int32_t size, const int8_t *a,
+                    const int8_t *b, int8_t *out);
 
 /* ---- integer basics ------------------------------------------------------------------- */
 
@@ -188,6 +212,11 @@ static inline int64_t bnn_affine_ready_offset(int64_t offset, int32_t shift)
  *  - s < 32: q = uh * 2^(32 - s) + floor(ul / 2^s), which fits int32 iff
  *    -2^(s-1) <= uh < 2^(s-1) (otherwise the result is clamped at once); the remainder is zero
  *    when the low s bits of ul are. */
+BNN_ALWAYS_INLINE int32_t bnn_clamp32(int32_t q, int32_t lo, int32_t hi)
+{
+    return q > hi ? hi : (q < lo ? lo : q);
+}
+
 BNN_ALWAYS_INLINE int32_t bnn_round_ready_clamp(int64_t u64, int32_t shift, int32_t lo,
                                                 int32_t hi)
 {
@@ -225,18 +254,24 @@ BNN_ALWAYS_INLINE int32_t bnn_round_ready_clamp(int64_t u64, int32_t shift, int3
     return q;
 }
 
+/* offset + a * b, the product in 64 bits (one SMLAL on the Cortex-M7). */
+BNN_ALWAYS_INLINE int64_t bnn_smlal(int64_t offset, int32_t a, int32_t b)
+{
+#if defined(__arm__) && defined(__GNUC__) && !defined(BNN_FORCE_PLAIN_C)
+    /* SMLAL itself: in unrolled loops GCC may otherwise build a full 64 x 64 multiply */
+    __asm__("smlal %Q0, %R0, %1, %2" : "+r"(offset) : "r"(a), "r"(b));
+    return offset;
+#else
+    return (int64_t)a * (int64_t)b + offset;
+#endif
+}
+
 /* clamp(round_half_even((acc * mult + B) / 2^shift), lo, hi) with offset = B + 2^(shift-1)
  * (bnn_affine_ready_offset), |offset| < 2^62: one SMLAL, then bnn_round_ready_clamp. */
 BNN_ALWAYS_INLINE int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, int32_t shift,
                                      int32_t lo, int32_t hi)
 {
-#if defined(__arm__) && defined(__GNUC__) && !defined(BNN_FORCE_PLAIN_C)
-    /* SMLAL itself: in unrolled loops GCC may otherwise build a full 64 x 64 multiply */
-    __asm__("smlal %Q0, %R0, %1, %2" : "+r"(offset) : "r"(acc), "r"(mult));
-    return bnn_round_ready_clamp(offset, shift, lo, hi);
-#else
-    return bnn_round_ready_clamp((int64_t)acc * (int64_t)mult + offset, shift, lo, hi);
-#endif
+    return bnn_round_ready_clamp(bnn_smlal(offset, acc, mult), shift, lo, hi);
 }
 
 /* ---- float transform -------------------------------------------------------------------- */
