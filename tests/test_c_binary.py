@@ -342,29 +342,12 @@ def call_bconv(
     w: Any = "default",
 ) -> int:
     """bnn_bconv2d on a case; any argument can be replaced (None passes NULL)."""
-    oh, ow = case.out_hw
-    if isinstance(params, str):
-        params = Struct(
-            "bnn_conv_params_t",
-            stride_h=case.stride[0],
-            stride_w=case.stride[1],
-            dilation_h=1,
-            dilation_w=1,
-            pad_top=case.pads[0],
-            pad_left=case.pads[2],
-            pad_value=case.pad_value,
-        )
-    args = [
-        None,  # ctx: unused by bnn_bconv2d
-        params,
-        output_struct(case, data.consts) if isinstance(output, str) else output,
-        dims(1, case.h, case.w, case.c) if isinstance(in_dims, str) else in_dims,
-        data.x_packed.reshape(-1) if isinstance(x, str) else x,
-        dims(case.o, case.kh, case.kw, case.c) if isinstance(filter_dims, str) else filter_dims,
-        data.w_packed.reshape(-1) if isinstance(w, str) else w,
-        dims(1, oh, ow, case.o) if isinstance(out_dims, str) else out_dims,
-        out,
-    ]
+    args = call_args(case, data)
+    given = (params, output, in_dims, x, filter_dims, w, out_dims)
+    for i, value in enumerate(given, start=1):
+        if not isinstance(value, str):
+            args[i] = value
+    args.append(out)
     return int(backend.call("bnn_bconv2d", *args))
 
 

@@ -33,7 +33,7 @@ pytestmark = [
 
 # instructions per inference: 35.30 M measured (87.17 M before issue 8's kernel work, 49.18 M
 # after its first step); 2% for compiler differences
-HYBRID_BUDGET = 36.0e6
+HYBRID_BUDGET = 34.65e6
 
 
 def _require_unicorn() -> None:

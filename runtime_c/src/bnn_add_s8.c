@@ -13,6 +13,11 @@
  *       + affine_offset                                                         (int64)
  *   out = clamp(round_half_even(t / 2^affine_shift), act_min, act_max)
  *
+ * Element i of a and b is read before out[i] is written: `out` may be `a` or `b` (in place).
+ * Cortex-M7 (__ARM_FEATURE_DSP, optimized builds): the affine path runs assembly loops, one for
+ * shift >= 32 and one below (bnn_add_affine_hi / _lo), with the clamp to [-128, 127] by SSAT and
+ * any narrower [act_min, act_max] applied after; the same integers as the C loops.
+ *
  * Arguments: size >= 1, non-NULL pointers; zero points and [act_min, act_max] within
  * [-128, 127]; TFLITE: left_shift in [0, 31], shifts in [-31, 31]; AFFINE: affine_shift in
  * [1, 62], |affine_offset| < 2^62. Anything else: BNN_ERROR_ARGUMENT, nothing written.

@@ -97,8 +97,8 @@
 #define BNN_BCONV2D_BLOCK 32            /* output channels per block (one threshold word) */
 #define BNN_BCONV2D_ACC_LIMIT ((int64_t)1 << 30) /* KH * KW * C stays below */
 #define BNN_BCONV2D_BYTE_RUN 31          /* words whose byte counts fit one byte (31 * 8) */
-#define BNN_BCONV2D_WINDOW_WORDS 72      /* M7 path: largest window copied to the stack */
-#define BNN_BCONV2D_STREAM_WORDS 256     /* M7 path: filters' bit streams (C < 32), stack */
+#define BNN_BCONV2D_WINDOW_WORDS 36      /* M7 path: largest window copied to the stack */
+#define BNN_BCONV2D_STREAM_WORDS 192     /* M7 path: filters' bit streams or pairs, stack */
 
 typedef struct {
     int32_t h, w, c, nw;      /* input rows, columns, logical channels, words per pixel */
