@@ -403,6 +403,8 @@ CONV_CASES: list[tuple[Geo, int, int, int]] = [
     (Geo(1, 1, 3, 3, padding="same"), 16, 8, -128),  # 3x3 on a 1x1 input
     (Geo(3, 3, 3, 3, padding="same"), 70, 70, 5),  # many channels
     (Geo(4, 3, 2, 2, stride=(2, 1), padding=(0, 0, 1, 0)), 24, 40, -20),  # even kernel
+    (Geo(4, 4, 3, 3, padding="same"), 32, 6, -9),  # 288 taps: the largest patch
+    (Geo(9, 3, 7, 1, padding="same"), 41, 3, 2),  # 287 taps: the largest with a partial group
 ]
 
 

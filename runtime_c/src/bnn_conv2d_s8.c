@@ -301,13 +301,6 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
  * (BNN_PATCH_MAX * 2 bytes). Larger windows take the tap-by-tap path. */
 #define BNN_PATCH_MAX 288
 
-/* Where tap k of a window lives in the patch: each group of 4 taps is stored as (t0, t2, t1, t3)
- * (the two low bits of k swapped). */
-static inline int32_t bnn_patch_slot(int32_t k)
-{
-    return (k & ~3) | ((k & 1) << 1) | ((k >> 1) & 1);
-}
-
 /* The 4 weights of group g of filter w (taps 4g .. 4g + 3) against the patch words: 2 SMLADs. */
 #define BNN_PATCH_MAC(acc, w, g)                                                               \
     do {                                                                                       \
@@ -316,14 +309,57 @@ static inline int32_t bnn_patch_slot(int32_t k)
         (acc) = bnn_pw_mac4((acc), p.word[2 * (g)], p.word[2 * (g) + 1], wv_);                \
     } while (0)
 
-/* Convolution of a small window, Cortex-M7: for each output pixel the window is copied once
- * into an int16 patch, x - zero point (taps in the padding are 0), each group of 4 taps stored
- * as (t0, t2, t1, t3) so that one 32-bit word pairs with SXTB16 of 4 weights and the other with
- * SXTB16 ror 8, and padded with zero taps to a whole group. Every output channel then reads it
- * with 2 SMLADs per 4 taps, two channels per step. A filter's last, partial group is read as a
- * whole word too (its bytes past the filter belong to the next filter and meet zero taps), except
- * for the last filter, whose partial group is added tap by tap (its word would pass the end of
- * the array). Same sums modulo 2^32 as the plain path: bit-exact. */
+/* n (1..4) bytes from w as a little-endian word, zero above (a filter's last, partial group,
+ * read without passing the end of the array). */
+static inline int32_t bnn_patch_tail_word(const int8_t *w, int32_t n)
+{
+    uint32_t v = 0;
+    int32_t k;
+    for (k = n - 1; k >= 0; --k) {
+        v = (v << 8) | (uint8_t)w[k];
+    }
+    return bnn_s32_from_u32(v);
+}
+
+/* n bytes from src to dst (no overlap), words first (unaligned word access: Cortex-M7), the
+ * last 0..3 bytes one by one; a few bytes, so a call to memmove would cost more than the copy. */
+static inline void bnn_patch_copy(int8_t *dst, const int8_t *src, int32_t n)
+{
+    int32_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        uint32_t v;
+        memcpy(&v, src + t, 4);
+#if defined(__GNUC__)
+        __asm__("" : "+r"(v)); /* keeps the loop a loop (GCC would call memmove for it) */
+#endif
+        memcpy(dst + t, &v, 4);
+    }
+    switch (n - t) {
+    case 3:
+        dst[t + 2] = src[t + 2];
+        /* fall through */
+    case 2:
+        dst[t + 1] = src[t + 1];
+        /* fall through */
+    case 1:
+        dst[t] = src[t];
+        break;
+    default:
+        break;
+    }
+}
+
+/* Convolution of a small window, Cortex-M7: for each output pixel the window is gathered once as
+ * bytes in OHWI tap order (the taps in the padding, and those that pad the window to whole
+ * groups of 4, are the zero point), then each group of 4 bytes becomes two words of int16 taps
+ * minus the zero point: SXTB16 gives (t0, t2), SXTB16 ror 8 (t1, t3), the order in which one
+ * word pairs with SXTB16 of 4 weights and the other with SXTB16 ror 8 (SSUB16 subtracts the
+ * zero point from both halves). The bytes sit in the upper half of the patch and are expanded
+ * from the front: group g writes bytes 8g .. 8g + 7, below every later group's bytes. Every
+ * output channel then reads the patch with 2 SMLADs per 4 taps, two channels per step. A
+ * filter's last, partial group is read as a whole word (its bytes past the filter belong to the
+ * next filter and meet zero taps), except for the last filter's, which is read byte by byte.
+ * Same sums modulo 2^32 as the plain path: bit-exact. */
 BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
                                            const bnn_output_t *output_in, const int8_t *in,
                                            int32_t in_h, int32_t in_w, int32_t in_c,
@@ -335,45 +371,61 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
     const bnn_output_t *const output = &local;
     union { /* word access to pairs of taps (type punning through a union: C99 TC3) */
         int32_t word[BNN_PATCH_MAX / 2];
-        int16_t tap[BNN_PATCH_MAX];
+        int8_t byte[2 * BNN_PATCH_MAX];
     } p;
+    int8_t *const raw = p.byte + BNN_PATCH_MAX; /* the gathered bytes: the upper half */
     const int32_t taps = kh * kw * in_c;
     const int32_t groups = taps / 4;            /* whole groups */
     const int32_t all_groups = (taps + 3) / 4;  /* with the partial one */
+    const int32_t tail = taps - 4 * groups;     /* taps in the partial group (0: none) */
     const int32_t zp = params->input_zero_point;
+    const int8_t zp8 = (int8_t)zp;
+    const int32_t zp2 = bnn_s32_from_u32(((uint32_t)zp & 0xFFFFu) | ((uint32_t)zp << 16));
+    const int32_t row_bytes = kw * in_c;
     int32_t oy, ox, k;
-    for (k = taps; k < 4 * all_groups; ++k) {
-        p.tap[bnn_patch_slot(k)] = 0; /* the padding taps: never written again */
-    }
     for (oy = 0; oy < out_h; ++oy) {
         const int32_t y0 = oy * params->stride_h - params->pad_top;
         for (ox = 0; ox < out_w; ++ox) {
             const int32_t x0 = ox * params->stride_w - params->pad_left;
             const int32_t base = (oy * out_w + ox) * out_c;
-            int32_t i, j, c, o = 0;
-            k = 0;
-            for (i = 0; i < kh; ++i) {
-                const int32_t iy = y0 + i * params->dilation_h;
-                for (j = 0; j < kw; ++j) {
-                    const int32_t ix = x0 + j * params->dilation_w;
-                    if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
-                        const int8_t *src = in + (size_t)((iy * in_w + ix) * in_c);
-                        for (c = 0; c < in_c; ++c, ++k) {
-                            p.tap[bnn_patch_slot(k)] = (int16_t)(src[c] - zp);
-                        }
-                    } else {
-                        for (c = 0; c < in_c; ++c, ++k) {
-                            p.tap[bnn_patch_slot(k)] = 0;
+            const int interior = y0 >= 0 && x0 >= 0 && y0 + (kh - 1) * params->dilation_h < in_h &&
+                                 x0 + (kw - 1) * params->dilation_w < in_w;
+            int32_t i, j, g, o = 0;
+            if (interior && params->dilation_w == 1) { /* whole kernel rows are contiguous */
+                for (i = 0; i < kh; ++i) {
+                    const int32_t iy = y0 + i * params->dilation_h;
+                    bnn_patch_copy(raw + i * row_bytes, in + (size_t)((iy * in_w + x0) * in_c),
+                                   row_bytes);
+                }
+            } else {
+                k = 0;
+                for (i = 0; i < kh; ++i) {
+                    const int32_t iy = y0 + i * params->dilation_h;
+                    for (j = 0; j < kw; ++j, k += in_c) {
+                        const int32_t ix = x0 + j * params->dilation_w;
+                        if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
+                            bnn_patch_copy(raw + k, in + (size_t)((iy * in_w + ix) * in_c), in_c);
+                        } else {
+                            memset(raw + k, zp8, (size_t)in_c);
                         }
                     }
                 }
             }
-            /* pairs of channels whose partial groups can be read whole (not the last filter) */
+            for (k = taps; k < 4 * all_groups; ++k) {
+                raw[k] = zp8; /* the group's padding taps: 0 once the zero point is off */
+            }
+            for (g = 0; g < all_groups; ++g) {
+                int32_t v;
+                memcpy(&v, raw + 4 * g, 4);
+                p.word[2 * g] = __ssub16(__sxtb16(v), zp2);
+                p.word[2 * g + 1] = __ssub16(bnn_sxtb16_ror8(v), zp2);
+            }
+            /* pairs of channels; the last pair's second filter is the array's last */
             if (all_groups == 7) { /* 25..28 taps (the 3x3x3 stems), unrolled */
-                for (; o + 2 < out_c; o += 2) {
+                for (; o + 2 <= out_c; o += 2) {
                     const int8_t *w0 = filter + (size_t)o * (size_t)taps;
                     const int8_t *w1 = w0 + taps;
-                    int32_t a0 = 0, a1 = 0;
+                    int32_t a0 = 0, a1 = 0, wv;
                     BNN_PATCH_MAC(a0, w0, 0);
                     BNN_PATCH_MAC(a1, w1, 0);
                     BNN_PATCH_MAC(a0, w0, 1);
@@ -387,34 +439,47 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                     BNN_PATCH_MAC(a0, w0, 5);
                     BNN_PATCH_MAC(a1, w1, 5);
                     BNN_PATCH_MAC(a0, w0, 6);
-                    BNN_PATCH_MAC(a1, w1, 6);
+                    if (o + 2 < out_c || tail == 0) {
+                        memcpy(&wv, w1 + 24, 4);
+                    } else {
+                        wv = bnn_patch_tail_word(w1 + 24, tail);
+                    }
+                    a1 = bnn_pw_mac4(a1, p.word[12], p.word[13], wv);
                     bnn_output_store_kind(kind, output, o, a0, out, base + o);
                     bnn_output_store_kind(kind, output, o + 1, a1, out, base + o + 1);
                 }
             }
-            for (; o + 2 < out_c; o += 2) {
+            for (; o + 2 <= out_c; o += 2) {
                 const int8_t *w0 = filter + (size_t)o * (size_t)taps;
                 const int8_t *w1 = w0 + taps;
-                int32_t a0 = 0, a1 = 0, g;
-                for (g = 0; g < all_groups; ++g) {
+                int32_t a0 = 0, a1 = 0, wv;
+                for (g = 0; g < groups; ++g) {
                     BNN_PATCH_MAC(a0, w0, g);
                     BNN_PATCH_MAC(a1, w1, g);
+                }
+                if (tail != 0) {
+                    BNN_PATCH_MAC(a0, w0, groups);
+                    if (o + 2 < out_c) {
+                        memcpy(&wv, w1 + 4 * groups, 4);
+                    } else {
+                        wv = bnn_patch_tail_word(w1 + 4 * groups, tail);
+                    }
+                    a1 = bnn_pw_mac4(a1, p.word[2 * groups], p.word[2 * groups + 1], wv);
                 }
                 bnn_output_store_kind(kind, output, o, a0, out, base + o);
                 bnn_output_store_kind(kind, output, o + 1, a1, out, base + o + 1);
             }
-            for (; o < out_c; ++o) { /* the last one or two: the partial group tap by tap */
+            if (o < out_c) { /* an odd channel count: the last filter alone */
                 const int8_t *w0 = filter + (size_t)o * (size_t)taps;
-                int32_t a0 = 0, g;
-                uint32_t u0;
+                int32_t a0 = 0;
                 for (g = 0; g < groups; ++g) {
                     BNN_PATCH_MAC(a0, w0, g);
                 }
-                u0 = (uint32_t)a0;
-                for (k = 4 * groups; k < taps; ++k) {
-                    u0 += (uint32_t)(w0[k] * p.tap[bnn_patch_slot(k)]);
+                if (tail != 0) {
+                    a0 = bnn_pw_mac4(a0, p.word[2 * groups], p.word[2 * groups + 1],
+                                     bnn_patch_tail_word(w0 + 4 * groups, tail));
                 }
-                bnn_output_store_kind(kind, output, o, bnn_s32_from_u32(u0), out, base + o);
+                bnn_output_store_kind(kind, output, o, a0, out, base + o);
             }
         }
     }
