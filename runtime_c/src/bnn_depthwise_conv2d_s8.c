@@ -89,9 +89,10 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
     for (oc = 0; oc < in_c; oc += 4) {
         int32_t w02[9], w13[9];
         /* the 4 channels' output constants, read once for all pixels (affine: M, B, S;
-         * TFLite: bias, multiplier, shift) */
-        int32_t c_mult[4], c_shift[4], c_bias[4];
+         * TFLite: bias, multiplier and the shift's parts) */
+        int32_t c_mult[4], c_shift[4];
         int64_t c_offset[4];
+        bnn_tflite_ch_t c_tfl[4];
         int32_t t, oy, ox;
         for (t = 0; t < 9; ++t) {
             int32_t wv;
@@ -100,19 +101,16 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
             w13[t] = bnn_sxtb16_ror8(wv);
         }
         for (t = 0; t < 4; ++t) {
+            c_mult[t] = c_shift[t] = 0;
+            c_offset[t] = 0;
+            c_tfl[t] = bnn_tflite_ch(0, 0, 0);
             if (kind == BNN_OUT_AFFINE) {
                 c_mult[t] = output->a_mult[oc + t];
                 c_offset[t] = output->a_offset[oc + t];
                 c_shift[t] = output->a_shift[oc + t];
-                c_bias[t] = 0;
             } else if (kind == BNN_OUT_TFLITE) {
-                c_mult[t] = output->q_mult[oc + t];
-                c_shift[t] = output->q_shift[oc + t];
-                c_bias[t] = output->bias != NULL ? output->bias[oc + t] : 0;
-                c_offset[t] = 0;
-            } else {
-                c_mult[t] = c_shift[t] = c_bias[t] = 0;
-                c_offset[t] = 0;
+                c_tfl[t] = bnn_tflite_ch(output->bias != NULL ? output->bias[oc + t] : 0,
+                                         output->q_mult[oc + t], output->q_shift[oc + t]);
             }
         }
         for (oy = 0; oy < out_h; ++oy) {
@@ -156,10 +154,10 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
                     y[3] = (int8_t)bnn_affine(acc3, c_mult[3], c_offset[3], c_shift[3], lo, hi);
                 } else if (kind == BNN_OUT_TFLITE) {
                     int8_t *y = (int8_t *)out + index;
-                    y[0] = (int8_t)bnn_tflite_out(acc0, c_bias[0], c_mult[0], c_shift[0], output);
-                    y[1] = (int8_t)bnn_tflite_out(acc1, c_bias[1], c_mult[1], c_shift[1], output);
-                    y[2] = (int8_t)bnn_tflite_out(acc2, c_bias[2], c_mult[2], c_shift[2], output);
-                    y[3] = (int8_t)bnn_tflite_out(acc3, c_bias[3], c_mult[3], c_shift[3], output);
+                    y[0] = (int8_t)bnn_tflite_ch_out(acc0, &c_tfl[0], output);
+                    y[1] = (int8_t)bnn_tflite_ch_out(acc1, &c_tfl[1], output);
+                    y[2] = (int8_t)bnn_tflite_ch_out(acc2, &c_tfl[2], output);
+                    y[3] = (int8_t)bnn_tflite_ch_out(acc3, &c_tfl[3], output);
                 } else {
                     bnn_output_store_kind(kind, output, oc, acc0, out, index);
                     bnn_output_store_kind(kind, output, oc + 1, acc1, out, index + 1);

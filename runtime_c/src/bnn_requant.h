@@ -137,7 +137,7 @@ static inline int32_t bnn_clamp(int64_t v, int32_t lo, int32_t hi)
 static inline int32_t bnn_srdhm(int32_t a, int32_t b)
 {
     uint64_t t;
-    if (BNN_UNLIKELY(a == INT32_MIN && b == INT32_MIN)) {
+    if (BNN_UNLIKELY(b == INT32_MIN && a == INT32_MIN)) { /* b first: a multiplier, hoistable */
         return INT32_MAX;
     }
     t = (uint64_t)((int64_t)a * (int64_t)b) + ((uint64_t)1 << 30); /* modulo 2^64 */
@@ -358,15 +358,54 @@ static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t 
     }
 }
 
-/* The BNN_OUT_TFLITE transform of acc with channel o's bias, q_mult and q_shift given (read by
- * the caller, so that a kernel can read them once for several pixels). */
+/* A TFLite output channel with its shift split once: loops that store many outputs of one
+ * channel make this once and call bnn_tflite_ch_out for each (bnn_tflite_out's arithmetic). */
+typedef struct {
+    int32_t bias, mult, shift; /* as given */
+    int32_t left, right;       /* max(shift, 0), max(-shift, 0) */
+    uint32_t mask, half;       /* RoundingDivideByPOT by right: 2^right - 1, and mask >> 1 */
+} bnn_tflite_ch_t;
+
+BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int32_t shift)
+{
+    bnn_tflite_ch_t c;
+    c.bias = bias;
+    c.mult = mult;
+    c.shift = shift;
+    c.left = shift > 0 ? shift : 0;
+    c.right = shift > 0 ? 0 : -shift;
+    c.mask = ((uint32_t)1 << c.right) - 1u; /* right <= 31 */
+    c.half = c.mask >> 1;
+    return c;
+}
+
+/* bnn_tflite_out for a channel made by bnn_tflite_ch. The clamp of scaled + zp to [act_min,
+ * act_max] is done in 32 bits: scaled first to [act_min - zp, act_max - zp] (within [-255,
+ * 255], as all three are int8), then + zp, which can no longer overflow. */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_ch_out(int32_t acc, const bnn_tflite_ch_t *c,
+                                            const bnn_output_t *output)
+{
+    int32_t biased = bnn_s32_from_u32((uint32_t)acc + (uint32_t)c->bias);
+    int32_t scaled;
+    const int32_t zp = output->out_zero_point;
+    const int32_t lo = output->act_min - zp, hi = output->act_max - zp;
+    if (output->q_single_rounding) {
+        scaled = bnn_mbqm_single(biased, c->mult, c->shift);
+    } else {
+        /* MultiplyByQuantizedMultiplier: bnn_mbqm with the shift's parts made once */
+        int32_t high = bnn_srdhm(bnn_s32_from_u32((uint32_t)biased << c->left), c->mult);
+        uint32_t threshold = c->half + (high < 0 ? 1u : 0u);
+        scaled = bnn_asr32(high, c->right) + (((uint32_t)high & c->mask) > threshold ? 1 : 0);
+    }
+    return (scaled < lo ? lo : (scaled > hi ? hi : scaled)) + zp;
+}
+
+/* The TFLite output transform of one accumulator (bnn_output_t BNN_OUT_TFLITE). */
 BNN_ALWAYS_INLINE int32_t bnn_tflite_out(int32_t acc, int32_t bias, int32_t mult, int32_t shift,
                                          const bnn_output_t *output)
 {
-    int32_t biased = bnn_s32_from_u32((uint32_t)acc + (uint32_t)bias);
-    int32_t scaled = output->q_single_rounding ? bnn_mbqm_single(biased, mult, shift)
-                                               : bnn_mbqm(biased, mult, shift);
-    return bnn_clamp((int64_t)scaled + output->out_zero_point, output->act_min, output->act_max);
+    const bnn_tflite_ch_t c = bnn_tflite_ch(bias, mult, shift);
+    return bnn_tflite_ch_out(acc, &c, output);
 }
 
 /* Writes element `index` of `out` (int8, or float32 for BNN_OUT_FLOAT) from the exact
