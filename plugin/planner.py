@@ -15,7 +15,9 @@ works at two levels:
     last op is the op that first writes this buffer, this buffer is not larger than ``X`` and the
     offset suits its alignment. This is legal only for kernels that read element ``i`` before
     they write element ``i`` and whose output elements are no larger than their input elements
-    (Add, int8 requantization, a binary convolution fused with the Add after it).
+    (Add, int8 requantization, a binary convolution fused with the Add after it, and a
+    depthwise convolution whose every output pixel reads input pixels at or after its own
+    index: ``_depthwise_in_place``).
 
   Any other two buffers whose lifetimes share an op must not share a byte.
 
@@ -35,7 +37,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bnncube.converters.ir import Graph, fused_ops
+import numpy as np
+
+from bnncube.converters.ir import Graph, Op, fused_ops
 from bnncube.errors import BnnError
 
 ARENA_ROUND = 8  # the arena size is a multiple of this many bytes
@@ -61,7 +65,7 @@ STRATEGIES = (*BASE_STRATEGIES, "balanced", "time", "ram")
 INPLACE_MODES = ("off", "prefer", "low", "chain")
 
 # Ops whose output may reuse an input's memory (see _inplace_inputs for the exact conditions).
-INPLACE_OPS = ("Add", "Quantize")
+INPLACE_OPS = ("Add", "Quantize", "DepthwiseConv2D")
 
 KINDS = ("input", "output", "activation", "scratch")
 
@@ -758,6 +762,9 @@ def _inplace_inputs(graph: Graph, op_index: int, arena: set[str]) -> tuple[str, 
         elif op.type == "Quantize" and t.dtype in one_byte and out.dtype in one_byte:
             if t.nbytes == out.nbytes:
                 names.append(t.name)
+        elif op.type == "DepthwiseConv2D" and _depthwise_in_place(graph, op):
+            names.append(t.name)
+            break  # its input is the first activation input
         elif op.type == "Quantize" and t.dtype == "float32" and out.dtype in one_byte:
             # float32 -> int8 front to back: byte i of the output is written after element i
             # (bytes 4i .. 4i + 3) was read, and i <= 4i, so the output may start where the
@@ -765,6 +772,43 @@ def _inplace_inputs(graph: Graph, op_index: int, arena: set[str]) -> tuple[str, 
             if 4 * out.nbytes == t.nbytes:
                 names.append(t.name)
     return tuple(names)
+
+
+def _depthwise_in_place(graph: Graph, op: Op) -> bool:
+    """Whether a DepthwiseConv2D may write its output over its input (bnn_depthwise_conv2d_s8's
+    in-place contract): depth multiplier 1, 1-byte input and output of the same channels, and
+    every output pixel's first input pixel (the smallest row-major index among its taps inside
+    the input) at or after the output pixel's own index. Each channel's outputs are written in
+    row-major order, each after all its taps were read, so no output then overwrites an input
+    pixel that a later output still reads. True for the stride-2 depthwise convolutions of
+    MobileNetV2 and of the hybrid, never for stride 1 with padding."""
+    x, out = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+    one_byte = ("int8", "uint8")
+    if int(op.attrs.get("depth_multiplier", 1)) != 1 or x.dtype not in one_byte:
+        return False
+    if out.dtype not in one_byte or len(x.shape) != 4 or len(out.shape) != 4:
+        return False
+    if x.shape[3] != out.shape[3] or out.nbytes > x.nbytes:
+        return False
+    w = graph.tensors[op.inputs[1]]
+    (_, in_h, in_w, _), (_, out_h, out_w, _) = x.shape, out.shape
+    sh, sw = op.attrs.get("strides", (1, 1))
+    dh, dw = op.attrs.get("dilations", (1, 1))
+    top, _, left, _ = op.attrs.get("pads", (0, 0, 0, 0))
+
+    def first_inside(start: np.ndarray, taps: int, dilation: int, size: int) -> np.ndarray:
+        # the first tap index i with 0 <= start + i * dilation < size (the smallest position)
+        pos = start[:, None] + np.arange(taps)[None, :] * int(dilation)
+        inside = (pos >= 0) & (pos < size)
+        return np.where(inside.any(axis=1), pos[np.arange(len(start)), inside.argmax(axis=1)], -1)
+
+    rows = first_inside(np.arange(out_h) * int(sh) - int(top), int(w.shape[1]), dh, in_h)
+    cols = first_inside(np.arange(out_w) * int(sw) - int(left), int(w.shape[2]), dw, in_w)
+    if (rows < 0).any() or (cols < 0).any():
+        return False
+    first = rows[:, None] * in_w + cols[None, :]  # first input pixel read, per output pixel
+    own = np.arange(out_h * out_w).reshape(out_h, out_w)
+    return bool((first >= own).all())
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,9 @@ from bnncube.validation.kernel_calls import run_graph_c  # noqa: E402
 # issue 8, 35.30 M and 73.20 M after its second session (rounding-ready affine offsets, the 3x3
 # depthwise path, binary conv filter pairs and bit streams, the expanded pointwise path in
 # assembly, VCVTA/VCVTN quantization). The budgets leave 2% for compiler differences; lower them
-# when the kernels get faster (issue 8's targets are 14 M and 30 M). The Add in assembly (third
-# session): hybrid 33.66 M.
-BUDGETS = {"hybrid": 34_350_000, "mnv2_i8": 74_700_000}
+# when the kernels get faster (issue 8's targets are 14 M and 30 M). Third session (the Add in
+# assembly, the stems' byte gather, the TFLite store's 32-bit clamp): 32.02 M and 66.84 M.
+BUDGETS = {"hybrid": 32_660_000, "mnv2_i8": 68_180_000}
 
 
 @pytest.fixture(scope="module", params=["host", "m7"])

@@ -791,13 +791,18 @@ class UnicornBackend:
         # ---- arguments: arrays and structs into the scratch RAM, then registers and stack
         alloc = _Allocator(self.scratch_base, self.scratch_end, self.array_align)
         copies: list[tuple[int, np.ndarray]] = []
+        placed: dict[int, int] = {}  # id of an array argument -> its address
 
         def place_array(arr: np.ndarray) -> int:
+            # the same array object passed twice is one buffer (in-place calls), as on the host
+            if id(arr) in placed:
+                return placed[id(arr)]
             if not arr.flags.c_contiguous:
                 raise ValueError(f"{function}: array arguments must be C-contiguous")
             addr = alloc.take(arr.nbytes, f"{function}: arguments")
             self.uc.mem_write(addr, arr.tobytes())
             copies.append((addr, arr))
+            placed[id(arr)] = addr
             return addr
 
         core: list[int] = []  # r0-r3

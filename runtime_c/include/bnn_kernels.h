@@ -44,7 +44,12 @@ bnn_status_t bnn_conv2d_s8_float(const bnn_context_t *ctx, const bnn_conv_params
                                  const int8_t *in, const bnn_dims_t *filter_dims,
                                  const int8_t *filter, const bnn_dims_t *out_dims, void *out);
 
-/* DepthwiseConv2D, filter 1 x KH x KW x (C * depth_multiplier). */
+/* DepthwiseConv2D, filter 1 x KH x KW x (C * depth_multiplier). In place: `out` may be `in`
+ * itself when depth_multiplier = 1, the output is int8 and every output pixel's first input
+ * pixel (the smallest row-major index, y * W + x, among its taps inside the input) is at or
+ * after the output pixel's own index (true for stride-2 "same" and for "valid" windows): each
+ * channel's outputs are written in row-major order, each after all its taps were read
+ * (plugin/planner.py `_depthwise_in_place` decides it for generated code). */
 bnn_status_t bnn_depthwise_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
                                      const bnn_output_t *output, const bnn_dims_t *in_dims,
                                      const int8_t *in, const bnn_dims_t *filter_dims,

@@ -13,6 +13,9 @@
  * 2^32). out[y, x, oc] = the output transform of acc for channel oc, as bnn_conv2d_s8
  * (BNN_OUT_TFLITE / BNN_OUT_AFFINE int8, BNN_OUT_FLOAT float32; bnn_output_store).
  *
+ * Order: every path writes each channel's outputs in row-major pixel order, each after all of
+ * its taps were read; this is what makes the in-place call of bnn_kernels.h legal (keep it).
+ *
  * Arguments: in_dims [1, H, W, C], filter_dims [1, KH, KW, C * M], out_dims [1, OH, OW, C * M],
  * params->depth_multiplier = M >= 1, output dims consistent with the geometry
  * (bnn_window_ok); ctx may be NULL. Anything else: BNN_ERROR_ARGUMENT, nothing written.
