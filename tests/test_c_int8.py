@@ -1359,3 +1359,49 @@ def test_depthwise_conv2d_in_place(
     )
     assert status == BNN_OK
     assert np.array_equal(buf[: expected.size].reshape(expected.shape), expected)
+
+
+def test_depthwise_tflite_every_multiplier_and_shift(backend: Any) -> None:
+    """The TFLite store of the 3x3 depthwise path on extreme per-channel constants, against the
+    reference's MultiplyByQuantizedMultiplier: multipliers INT32_MIN (the saturating case, which
+    the M7 path hands to C), 2^31 - 1, 2^30 and small ones, shifts from -31 to +8, zero points
+    at both ends, a narrow activation range. Inputs at -128 and 127 give extreme sums."""
+    from bnncube.converters.reference import multiply_by_quantized_multiplier
+
+    c = 8
+    rng = np.random.default_rng(8)
+    x = rng.choice(np.asarray([-128, 127, 0, 1], np.int8), size=(1, 5, 6, c))
+    w = rng.choice(np.asarray([-128, 127, -1], np.int8), size=(1, 3, 3, c))
+    mult = np.asarray([-(2**31), 2**31 - 1, 2**30, 1, 12345, -(2**31), 2**30 + 7, 2**31 - 1])
+    shift = np.asarray([0, -31, -8, 8, -1, 1, -20, 3], np.int32)
+    bias = rng.integers(-(2**20), 2**20, c).astype(np.int32)
+    zp_in, zp_out, lo, hi = 127, -128, -100, 90
+    geo = Geo(5, 6, 3, 3, padding="same")
+    oh, ow = geo.out_hw()
+    out = _sentinel((1, oh, ow, c), np.int8)
+    output = Struct(
+        "bnn_output_t",
+        kind=OUT_TFLITE,
+        bias=bias,
+        q_mult=mult.astype(np.int32),
+        q_shift=shift,
+        out_zero_point=zp_out,
+        act_min=lo,
+        act_max=hi,
+    )
+    args = [_ctx(), geo.params(zp_in, 1), output, dims(*x.shape), x, dims(*w.shape), w]
+    status = backend.call("bnn_depthwise_conv2d_s8", *args, dims(1, oh, ow, c), out)
+    assert status == BNN_OK
+    # the reference: the int32 sums (exact), then MBQM per channel, + zp, clamp
+    pads = geo.pads()
+    xp = np.pad(x[0].astype(np.int64) - zp_in, ((pads[0], pads[1]), (pads[2], pads[3]), (0, 0)))
+    acc = np.zeros((oh, ow, c), np.int64)
+    for i in range(3):
+        for j in range(3):
+            acc += xp[i : i + oh, j : j + ow, :] * w[0, i, j, :].astype(np.int64)
+    acc = ((acc + bias + 2**31) % 2**32) - 2**31  # acc + bias wraps like int32
+    want = np.empty_like(acc)
+    for o in range(c):
+        scaled = multiply_by_quantized_multiplier(acc[..., o], int(mult[o]), int(shift[o]))
+        want[..., o] = np.clip(np.asarray(scaled, np.int64) + zp_out, lo, hi)
+    assert np.array_equal(out.reshape(oh, ow, c), want.astype(np.int8))

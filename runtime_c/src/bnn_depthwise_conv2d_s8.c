@@ -106,14 +106,14 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
         for (t = 0; t < 4; ++t) {
             c_mult[t] = c_shift[t] = 0;
             c_offset[t] = 0;
-            c_tfl[t] = bnn_tflite_ch(0, 0, 0);
+            c_tfl[t] = bnn_tflite_ch(0, 0, 0, output);
             if (kind == BNN_OUT_AFFINE) {
                 c_mult[t] = output->a_mult[oc + t];
                 c_offset[t] = output->a_offset[oc + t];
                 c_shift[t] = output->a_shift[oc + t];
             } else if (kind == BNN_OUT_TFLITE) {
                 c_tfl[t] = bnn_tflite_ch(output->bias != NULL ? output->bias[oc + t] : 0,
-                                         output->q_mult[oc + t], output->q_shift[oc + t]);
+                                         output->q_mult[oc + t], output->q_shift[oc + t], output);
             }
         }
         for (oy = 0; oy < out_h; ++oy) {
@@ -157,10 +157,10 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
                     y[3] = (int8_t)bnn_affine(acc3, c_mult[3], c_offset[3], c_shift[3], lo, hi);
                 } else if (kind == BNN_OUT_TFLITE) {
                     int8_t *y = (int8_t *)out + index;
-                    y[0] = (int8_t)bnn_tflite_ch_out(acc0, &c_tfl[0], output);
-                    y[1] = (int8_t)bnn_tflite_ch_out(acc1, &c_tfl[1], output);
-                    y[2] = (int8_t)bnn_tflite_ch_out(acc2, &c_tfl[2], output);
-                    y[3] = (int8_t)bnn_tflite_ch_out(acc3, &c_tfl[3], output);
+                    y[0] = (int8_t)bnn_tflite_ch_out(acc0, &c_tfl[0]);
+                    y[1] = (int8_t)bnn_tflite_ch_out(acc1, &c_tfl[1]);
+                    y[2] = (int8_t)bnn_tflite_ch_out(acc2, &c_tfl[2]);
+                    y[3] = (int8_t)bnn_tflite_ch_out(acc3, &c_tfl[3]);
                 } else {
                     bnn_output_store_kind(kind, output, oc, acc0, out, index);
                     bnn_output_store_kind(kind, output, oc + 1, acc1, out, index + 1);

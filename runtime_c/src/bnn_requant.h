@@ -358,15 +358,21 @@ static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t 
     }
 }
 
-/* A TFLite output channel with its shift split once: loops that store many outputs of one
- * channel make this once and call bnn_tflite_ch_out for each (bnn_tflite_out's arithmetic). */
+/* A TFLite output channel prepared once (bnn_tflite_ch) for loops that store many outputs of
+ * it (bnn_tflite_ch_out): the shift split into its parts and the clamp with the zero point
+ * taken out. The field order is the assembly's (pairs read by LDRD); keep it. */
 typedef struct {
-    int32_t bias, mult, shift; /* as given */
-    int32_t left, right;       /* max(shift, 0), max(-shift, 0) */
-    uint32_t mask, half;       /* RoundingDivideByPOT by right: 2^right - 1, and mask >> 1 */
+    int32_t bias, mult;   /* as given */
+    int32_t left, right;  /* max(shift, 0), max(-shift, 0) */
+    uint32_t mask, half;  /* RoundingDivideByPOT by right: 2^right - 1, and mask >> 1 */
+    int32_t lo, hi;       /* act_min - zp, act_max - zp (the clamp before adding zp) */
+    int32_t zp, shift;    /* out_zero_point; the shift as given */
+    int32_t single;       /* output->q_single_rounding */
+    int32_t plain;        /* 1: the C arithmetic (single rounding, or mult = INT32_MIN) */
 } bnn_tflite_ch_t;
 
-BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int32_t shift)
+BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int32_t shift,
+                                                const bnn_output_t *output)
 {
     bnn_tflite_ch_t c;
     c.bias = bias;
@@ -376,20 +382,60 @@ BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int3
     c.right = shift > 0 ? 0 : -shift;
     c.mask = ((uint32_t)1 << c.right) - 1u; /* right <= 31 */
     c.half = c.mask >> 1;
+    c.zp = output->out_zero_point;
+    c.lo = output->act_min - c.zp;
+    c.hi = output->act_max - c.zp;
+    c.single = output->q_single_rounding != 0;
+    c.plain = c.single || mult == INT32_MIN;
     return c;
 }
 
 /* bnn_tflite_out for a channel made by bnn_tflite_ch. The clamp of scaled + zp to [act_min,
  * act_max] is done in 32 bits: scaled first to [act_min - zp, act_max - zp] (within [-255,
- * 255], as all three are int8), then + zp, which can no longer overflow. */
-BNN_ALWAYS_INLINE int32_t bnn_tflite_ch_out(int32_t acc, const bnn_tflite_ch_t *c,
-                                            const bnn_output_t *output)
+ * 255], as all three are int8), then + zp, which can no longer overflow. On the Cortex-M7
+ * (optimized builds) the usual case, two roundings and mult != INT32_MIN (so that
+ * SaturatingRoundingDoublingHighMul never saturates), is one block of assembly: 25
+ * instructions, the constants read by LDRD. */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_ch_out(int32_t acc, const bnn_tflite_ch_t *c)
 {
-    int32_t biased = bnn_s32_from_u32((uint32_t)acc + (uint32_t)c->bias);
-    int32_t scaled;
-    const int32_t zp = output->out_zero_point;
-    const int32_t lo = output->act_min - zp, hi = output->act_max - zp;
-    if (output->q_single_rounding) {
+    int32_t biased, scaled;
+#if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
+    if (!c->plain) {
+        int32_t x = acc, t0, t1, t2, t3, t4;
+        __asm__("ldrd  %[t0], %[t1], [%[c], #0]\n\t"   /* bias, mult */
+                "add   %[x], %[x], %[t0]\n\t"
+                "ldrd  %[t0], %[t2], [%[c], #8]\n\t"   /* left, right */
+                "lsl   %[x], %[x], %[t0]\n\t"
+                "smull %[t3], %[t4], %[x], %[t1]\n\t"
+                "adds  %[t3], %[t3], #0x40000000\n\t"
+                "adc   %[t4], %[t4], #0\n\t"
+                "lsr   %[t3], %[t3], #31\n\t"
+                "orr   %[x], %[t3], %[t4], lsl #1\n\t" /* bits 31..62: the high mul */
+                "ldrd  %[t0], %[t1], [%[c], #16]\n\t"  /* mask, half */
+                "and   %[t3], %[x], %[t0]\n\t"
+                "add   %[t1], %[t1], %[x], lsr #31\n\t" /* threshold: half + (x < 0) */
+                "asr   %[x], %[x], %[t2]\n\t"
+                "cmp   %[t3], %[t1]\n\t"
+                "it    hi\n\t"
+                "addhi %[x], %[x], #1\n\t"
+                "ldrd  %[t0], %[t1], [%[c], #24]\n\t"  /* lo, hi */
+                "cmp   %[x], %[t0]\n\t"
+                "it    lt\n\t"
+                "movlt %[x], %[t0]\n\t"
+                "cmp   %[x], %[t1]\n\t"
+                "it    gt\n\t"
+                "movgt %[x], %[t1]\n\t"
+                "ldr   %[t0], [%[c], #32]\n\t"         /* zp */
+                "add   %[x], %[x], %[t0]\n\t"
+                : [x] "+&r"(x), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2), [t3] "=&r"(t3),
+                  [t4] "=&r"(t4)
+                : [c] "r"(c), "m"(*c)
+                : "cc");
+        return x;
+    }
+#endif
+    biased = bnn_s32_from_u32((uint32_t)acc + (uint32_t)c->bias);
+    if (c->single) {
         scaled = bnn_mbqm_single(biased, c->mult, c->shift);
     } else {
         /* MultiplyByQuantizedMultiplier: bnn_mbqm with the shift's parts made once */
@@ -397,15 +443,20 @@ BNN_ALWAYS_INLINE int32_t bnn_tflite_ch_out(int32_t acc, const bnn_tflite_ch_t *
         uint32_t threshold = c->half + (high < 0 ? 1u : 0u);
         scaled = bnn_asr32(high, c->right) + (((uint32_t)high & c->mask) > threshold ? 1 : 0);
     }
-    return (scaled < lo ? lo : (scaled > hi ? hi : scaled)) + zp;
+    return (scaled < c->lo ? c->lo : (scaled > c->hi ? c->hi : scaled)) + c->zp;
 }
 
 /* The TFLite output transform of one accumulator (bnn_output_t BNN_OUT_TFLITE). */
 BNN_ALWAYS_INLINE int32_t bnn_tflite_out(int32_t acc, int32_t bias, int32_t mult, int32_t shift,
                                          const bnn_output_t *output)
 {
-    const bnn_tflite_ch_t c = bnn_tflite_ch(bias, mult, shift);
-    return bnn_tflite_ch_out(acc, &c, output);
+    int32_t biased = bnn_s32_from_u32((uint32_t)acc + (uint32_t)bias);
+    int32_t scaled = output->q_single_rounding ? bnn_mbqm_single(biased, mult, shift)
+                                               : bnn_mbqm(biased, mult, shift);
+    /* the clamp in 32 bits, as bnn_tflite_ch_out */
+    const int32_t zp = output->out_zero_point;
+    const int32_t lo = output->act_min - zp, hi = output->act_max - zp;
+    return (scaled < lo ? lo : (scaled > hi ? hi : scaled)) + zp;
 }
 
 /* Writes element `index` of `out` (int8, or float32 for BNN_OUT_FLOAT) from the exact
