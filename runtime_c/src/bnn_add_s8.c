@@ -64,6 +64,22 @@ bnn_status_t bnn_add_s8(const bnn_add_params_t *params, int32_t size, const int8
 
 #if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
 #define BNN_ADD_ASM 1
+/* The two loops' common parts: the sum t = a[i] * ma + b[i] * mb + c in lo:hi (the constant c
+ * read from memory by LDRD), and the store of x saturated to int8, then the next element. */
+#define BNN_ADD_ASM_LOAD                                                                       \
+    "1:\n\t"                                                                                   \
+    "ldrsb %[x], [%[pa], %[i]]\n\t"                                                            \
+    "ldrsb %[y], [%[pb], %[i]]\n\t"                                                            \
+    "ldrd %[lo], %[hi], %[c]\n\t"                                                              \
+    "smlal %[lo], %[hi], %[x], %[ma]\n\t"                                                      \
+    "smlal %[lo], %[hi], %[y], %[mb]\n\t"
+#define BNN_ADD_ASM_STORE                                                                      \
+    "2:\n\t"                                                                                   \
+    "ssat %[x], #8, %[x]\n\t"                                                                  \
+    "strb %[x], [%[po], %[i]]\n\t"                                                             \
+    "adds %[i], %[i], #1\n\t"                                                                  \
+    "bne 1b\n\t"                                                                               \
+    "b 4f\n"
 /* The affine Add for shift = 32 + k (0 <= k <= 30) on the Cortex-M7, before the clamp to
  * [act_min, act_max]: out[i] = ssat8(round_half_even(t / 2^(32 + k))) with
  * t = a[i] * ma + b[i] * mb + c, c = ready - za * ma - zb * mb (the zero points folded into
@@ -82,21 +98,11 @@ static void bnn_add_affine_hi(int32_t size, const int8_t *a, const int8_t *b, in
     int32_t x, y;
     uint32_t lo, hi;
     __asm__ volatile(
-        "1:\n\t"
-        "ldrsb %[x], [%[pa], %[i]]\n\t"
-        "ldrsb %[y], [%[pb], %[i]]\n\t"
-        "ldrd %[lo], %[hi], %[c]\n\t"
-        "smlal %[lo], %[hi], %[x], %[ma]\n\t"
-        "smlal %[lo], %[hi], %[y], %[mb]\n\t"
+        BNN_ADD_ASM_LOAD
         "asr %[x], %[hi], %[k]\n\t"
         "cmp %[lo], #0\n\t"
         "beq 3f\n"
-        "2:\n\t"
-        "ssat %[x], #8, %[x]\n\t"
-        "strb %[x], [%[po], %[i]]\n\t"
-        "adds %[i], %[i], #1\n\t"
-        "bne 1b\n\t"
-        "b 4f\n"
+        BNN_ADD_ASM_STORE
         /* the low word is 0: a tie when the low k bits of the high word are 0 too (k = 0:
          * a shift by 32 leaves 0); then half to even clears the quotient's bit 0 */
         "3:\n\t"
@@ -128,12 +134,7 @@ static void bnn_add_affine_lo(int32_t size, const int8_t *a, const int8_t *b, in
     int32_t x, y;
     uint32_t lo, hi;
     __asm__ volatile(
-        "1:\n\t"
-        "ldrsb %[x], [%[pa], %[i]]\n\t"
-        "ldrsb %[y], [%[pb], %[i]]\n\t"
-        "ldrd %[lo], %[hi], %[c]\n\t"
-        "smlal %[lo], %[hi], %[x], %[ma]\n\t"
-        "smlal %[lo], %[hi], %[y], %[mb]\n\t"
+        BNN_ADD_ASM_LOAD
         "lsl %[x], %[hi], %[up]\n\t"
         "lsr %[y], %[lo], %[s]\n\t"
         "orr %[x], %[x], %[y]\n\t"
@@ -142,12 +143,7 @@ static void bnn_add_affine_lo(int32_t size, const int8_t *a, const int8_t *b, in
         "bne 5f\n\t"
         "lsls %[y], %[lo], %[up]\n\t"
         "beq 3f\n"
-        "2:\n\t"
-        "ssat %[x], #8, %[x]\n\t"
-        "strb %[x], [%[po], %[i]]\n\t"
-        "adds %[i], %[i], #1\n\t"
-        "bne 1b\n\t"
-        "b 4f\n"
+        BNN_ADD_ASM_STORE
         "3:\n\t" /* a tie: half to even */
         "bic %[x], %[x], #1\n\t"
         "b 2b\n"
