@@ -146,6 +146,18 @@ def fused_ops(op: Op) -> list[Op]:
     return list(op.attrs.get("fused", ()))
 
 
+def unfused(graph: Graph) -> Graph:
+    """``graph`` with every fused op replaced by the ops it stands for (``graph`` itself when it
+    has none; otherwise a copy sharing the tensors): the exporters write the model's own ops."""
+    if not any(fused_ops(op) for op in graph.ops):
+        return graph
+    import copy
+
+    plain = copy.copy(graph)
+    plain.ops = [part for op in graph.ops for part in (fused_ops(op) or [op])]
+    return plain
+
+
 def transform_of(op: Op) -> str:
     """The op's output transform (``"tflite"`` when the attribute is absent)."""
     return str(op.attrs.get("output_transform", "tflite"))

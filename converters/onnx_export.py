@@ -33,7 +33,7 @@ import numpy as np
 
 from bnncube.converters import reference
 from bnncube.converters.binary_reference import pack_filters
-from bnncube.converters.ir import Graph, Op, Quant, Tensor, packed_words
+from bnncube.converters.ir import Graph, Op, Quant, Tensor, packed_words, unfused
 from bnncube.converters.onnx_ops import DOMAIN, DOMAIN_VERSION
 from bnncube.errors import BnnError
 
@@ -939,6 +939,7 @@ def export_onnx(graph: Graph) -> Any:
     Raises :class:`BnnError` naming the op for anything the ONNX form does not cover (float MAC
     ops, transforms or dtypes outside docs/onnx-ops.md).
     """
+    graph = unfused(graph)  # a generated graph's fused ops: the model's own ops again
     try:
         graph.validate()
     except ValueError as e:

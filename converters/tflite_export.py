@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from bnncube.converters.binary_reference import pack_filters
-from bnncube.converters.ir import Graph, Op, Quant, Tensor, packed_words
+from bnncube.converters.ir import Graph, Op, Quant, Tensor, packed_words, unfused
 from bnncube.converters.reference import activation_range, quantize_multiplier
 from bnncube.converters.tflite_frontend import ZOO_METADATA_NAME, same_pads
 from bnncube.errors import BnnError
@@ -903,6 +903,7 @@ def export_tflite(graph: Graph) -> bytes:
 
     Raises :class:`BnnError` naming the op for anything without a TFLite form.
     """
+    graph = unfused(graph)  # a generated graph's fused ops: the model's own ops again
     try:
         graph.validate()
     except ValueError as e:

@@ -145,3 +145,23 @@ def test_random_qkeras_models_fused(backend: Any, random_qkeras_graphs: list[Gra
         run = _check(fused, backend, x)
         want = run_graph(graph, [x])[graph.outputs[0]]
         assert np.array_equal(run.values[graph.outputs[0]], want)
+
+
+def test_exporters_write_the_fused_ops_apart(hybrid_h5: Path) -> None:
+    """A generated graph's fused BinaryConv2D + Add is exported as the two ops it stands for
+    (ir.unfused): the same ops as the model's own graph, in an order that may differ where the
+    fusion moved the convolution after the shortcut."""
+    from bnncube.converters.ir import unfused
+    from bnncube.converters.onnx_export import export_onnx
+    from bnncube.converters.passes import fuse_residual_adds
+    from bnncube.converters.tflite_export import export_tflite
+
+    graph = load_model(hybrid_h5)
+    fused = fuse_residual_adds(graph)
+    assert len(fused.ops) == len(graph.ops) - 5
+    plain = unfused(fused)
+    assert sorted(map(id, plain.ops)) == sorted(map(id, graph.ops))
+    plain.validate()
+    assert export_tflite(fused) == export_tflite(plain)
+    onnx_types = sorted(n.op_type for n in export_onnx(fused).graph.node)
+    assert onnx_types == sorted(n.op_type for n in export_onnx(graph).graph.node)
