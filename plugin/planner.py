@@ -735,9 +735,10 @@ def _same_layout(graph: Graph, x: str, y: str) -> bool:
 
 def _inplace_inputs(graph: Graph, op_index: int, arena: set[str]) -> tuple[str, ...]:
     """The inputs of op ``op_index`` whose memory its output may reuse: Add (same dtype and size
-    as the output, so no broadcast), a 1-byte to 1-byte Quantize (requantization) and a float32
-    to 1-byte Quantize (the output shrinks behind the reads). Dequantize (4 bytes out per byte
-    in) and Bitpack (reads 32 values per word) never."""
+    as the output, so no broadcast), a 1-byte to 1-byte Quantize (requantization), a float32
+    to 1-byte Quantize (the output shrinks behind the reads), a fused BinaryConv2D + Add (its
+    residual) and a DepthwiseConv2D that passes :func:`_depthwise_in_place`. Dequantize (4 bytes
+    out per byte in) and Bitpack (reads 32 values per word) never."""
     op = graph.ops[op_index]
     if len(op.outputs) != 1 or op.outputs[0] not in arena:
         return ()
