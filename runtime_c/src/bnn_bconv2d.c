@@ -40,6 +40,10 @@
  * NONE / RELU / RELU6) or THRESHOLD (t_threshold, t_direction in {-1, 0, 1}); BNN_OUT_TFLITE is
  * refused. `out` must not overlap `in` or `filter`.
  *
+ * bnn_bconv2d_add (bnn_kernels.h): the same convolution with BNN_OUT_AFFINE, each pixel's int8
+ * outputs then added to the residual by bnn_add_s8's arithmetic (bnn_add_s8_run, its constants
+ * prepared once per call) and written to `out`, which may be the residual itself.
+ *
  * Plain C path: per output pixel and channel, every tap is checked against the input bounds
  * and each word is counted with the SWAR popcount (multiply by 0x01010101).
  *
