@@ -372,12 +372,56 @@ def _mac_case(
     attrs: dict[str, Any],
 ) -> np.ndarray:
     """Reference output of a one-op MAC graph."""
+    graph = _mac_graph(op_type, x, zp_in, w, w_axis, out_shape, mac, attrs)
+    return _reference(graph, {"x": x})
+
+
+def _mac_graph(
+    op_type: str,
+    x: np.ndarray,
+    zp_in: int,
+    w: np.ndarray,
+    w_axis: int,
+    out_shape: tuple[int, ...],
+    mac: MacOutput,
+    attrs: dict[str, Any],
+) -> Graph:
+    """The one-op IR graph of a MAC case (input x, constant weights w, output y)."""
     x_t = Tensor("x", x.shape, "int8", Quant.per_tensor(S_IN, zp_in))
     w_quant = Quant(mac.w_scales, np.zeros(mac.w_scales.size, np.int64), w_axis)
     w_t = Tensor("w", w.shape, "int8", w_quant, w)
     y_t = Tensor("y", out_shape, mac.out_dtype, mac.out_quant)
-    graph = _one_op_graph(op_type, [x_t, w_t, *mac.consts], y_t, {**attrs, **mac.attrs})
-    return _reference(graph, {"x": x})
+    return _one_op_graph(op_type, [x_t, w_t, *mac.consts], y_t, {**attrs, **mac.attrs})
+
+
+def _call_depthwise(
+    backend: Any,
+    geo: Geo,
+    zp_in: int,
+    mult: int,
+    mac: MacOutput,
+    x: np.ndarray,
+    w: np.ndarray,
+    out_shape: tuple[int, ...],
+    x_buf: np.ndarray,
+    out: np.ndarray,
+) -> int:
+    """bnn_depthwise_conv2d_s8 on a case: x's dims with x_buf's data (x itself, or a buffer
+    that holds it), writing out (which may be x_buf: in place)."""
+    return int(
+        backend.call(
+            "bnn_depthwise_conv2d_s8",
+            _ctx(),
+            geo.params(zp_in, mult),
+            mac.struct,
+            dims(*x.shape),
+            x_buf,
+            dims(*w.shape),
+            w,
+            dims(*out_shape),
+            out,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -480,18 +524,7 @@ def test_depthwise_conv2d(backend: Any, case: tuple[Geo, int, int, int], kind: s
     attrs = {**geo.attrs(), "depth_multiplier": mult}
     expected = _mac_case("DepthwiseConv2D", x, zp_in, w, 3, (1, oh, ow, c * mult), mac, attrs)
     out = _sentinel((1, oh, ow, c * mult), np.float32 if kind == "float" else np.int8)
-    status = backend.call(
-        "bnn_depthwise_conv2d_s8",
-        _ctx(),
-        geo.params(zp_in, mult),
-        mac.struct,
-        dims(*x.shape),
-        x,
-        dims(*w.shape),
-        w,
-        dims(1, oh, ow, c * mult),
-        out,
-    )
+    status = _call_depthwise(backend, geo, zp_in, mult, mac, x, w, (1, oh, ow, c * mult), x, out)
     assert status == BNN_OK
     _assert_same(out, expected)
 
@@ -1337,28 +1370,14 @@ def test_depthwise_conv2d_in_place(backend: Any, kind: str) -> None:
         w = _int8(rng, (1, geo.kh, geo.kw, c * mult))
         oh, ow = geo.out_hw()
         mac = _mac_output(kind, rng, c * mult, geo.kh * geo.kw, 7)
-        attrs = {**geo.attrs(), "depth_multiplier": mult, **mac.attrs}
-        x_t = Tensor("x", x.shape, "int8", Quant.per_tensor(S_IN, zp_in))
-        w_quant = Quant(mac.w_scales, np.zeros(mac.w_scales.size), 3)
-        w_t = Tensor("w", w.shape, "int8", w_quant, w)
-        y_t = Tensor("y", (1, oh, ow, c * mult), mac.out_dtype, mac.out_quant)
-        graph = _one_op_graph("DepthwiseConv2D", [x_t, w_t, *mac.consts], y_t, attrs)
+        attrs = {**geo.attrs(), "depth_multiplier": mult}
+        out_shape = (1, oh, ow, c * mult)
+        graph = _mac_graph("DepthwiseConv2D", x, zp_in, w, 3, out_shape, mac, attrs)
         if not _depthwise_in_place(graph, graph.ops[0]):
             continue
         expected = _reference(graph, {"x": x})
         buf = x.reshape(-1).copy()  # the input, overwritten by the output
-        status = backend.call(
-            "bnn_depthwise_conv2d_s8",
-            _ctx(),
-            geo.params(zp_in, mult),
-            mac.struct,
-            dims(*x.shape),
-            buf,
-            dims(*w.shape),
-            w,
-            dims(1, oh, ow, c * mult),
-            buf,
-        )
+        status = _call_depthwise(backend, geo, zp_in, mult, mac, x, w, out_shape, buf, buf)
         assert status == BNN_OK, _conv_id(case)
         got = buf[: expected.size].reshape(expected.shape)
         assert np.array_equal(got, expected), _conv_id(case)
