@@ -436,6 +436,10 @@ CONV_CASES: list[tuple[Geo, int, int, int]] = [
     (Geo(3, 5, 1, 1), 7, 5, -3),  # pointwise, odd channel counts, C < 8
     (Geo(3, 3, 1, 1), 128, 13, 99),  # pointwise expanded path: odd pixels and channels
     (Geo(2, 3, 1, 1), 260, 6, -77),  # pointwise, C > 256: the path without the buffer
+    (Geo(2, 5, 1, 1), 12, 9, 17),  # 4-pixel blocks, then a pair; an odd number of groups
+    (Geo(1, 7, 1, 1), 4, 3, -5),  # one 4-pixel block of a single group, then 3 pixels
+    (Geo(3, 3, 1, 1), 136, 5, 8),  # C > 128: pairs of pixels only
+    (Geo(6, 6, 1, 1, stride=(2, 2)), 40, 2, -128),  # strided 4-pixel blocks across rows
     (Geo(7, 7, 3, 3, stride=(2, 2), padding="same"), 3, 16, -128),  # stem: odd input, stride 2
     (Geo(6, 6, 3, 3, stride=(2, 2), padding="same"), 3, 16, 0),  # same, asymmetric (0, 1)
     (Geo(8, 8, 3, 3, stride=(2, 2)), 16, 3, 127),  # valid, a row left out at the bottom
@@ -1385,22 +1389,33 @@ def test_depthwise_conv2d_in_place(backend: Any, kind: str) -> None:
     assert len(ran) == 9, ran
 
 
-def test_depthwise_tflite_every_multiplier_and_shift(backend: Any) -> None:
+@pytest.mark.parametrize("act", [(-100, 90, -128), (-128, 127, -128), (-128, 127, 127)])
+def test_depthwise_tflite_every_multiplier_and_shift(
+    backend: Any, act: tuple[int, int, int]
+) -> None:
     """The TFLite store of the 3x3 depthwise path on extreme per-channel constants, against the
     reference's MultiplyByQuantizedMultiplier: multipliers INT32_MIN (the saturating case, which
     the M7 path hands to C), 2^31 - 1, 2^30 and small ones, shifts from -31 to +8, zero points
-    at both ends, a narrow activation range. Inputs at -128 and 127 give extreme sums."""
+    at both ends, a narrow activation range (the C store) and the full one (the M7's
+    9-instruction store for the channels with a multiplier > 0 and a shift <= -2; channels
+    8-11 land mostly inside int8, so that the roundings decide). Inputs at -128 and 127 give
+    extreme sums."""
     from bnncube.converters.reference import multiply_by_quantized_multiplier
 
-    c = 8
+    c = 12
     rng = np.random.default_rng(8)
-    x = rng.choice(np.asarray([-128, 127, 0, 1], np.int8), size=(1, 5, 6, c))
+    x = rng.choice(np.asarray([-128, 127, 0, 1], np.int8), size=(1, 9, 11, c))
     w = rng.choice(np.asarray([-128, 127, -1], np.int8), size=(1, 3, 3, c))
-    mult = np.asarray([-(2**31), 2**31 - 1, 2**30, 1, 12345, -(2**31), 2**30 + 7, 2**31 - 1])
-    shift = np.asarray([0, -31, -8, 8, -1, 1, -20, 3], np.int32)
+    mult = np.asarray(
+        [-(2**31), 2**31 - 1, 2**30, 1, 12345, -(2**31), 2**30 + 7, 2**31 - 1,
+         2**30, 1518500250, 2**19, 2**24 + 3]
+    )  # fmt: skip
+    shift = np.asarray([0, -31, -8, 8, -1, 1, -20, 3, -9, -10, -2, -5], np.int32)
     bias = rng.integers(-(2**20), 2**20, c).astype(np.int32)
-    zp_in, zp_out, lo, hi = 127, -128, -100, 90
-    geo = Geo(5, 6, 3, 3, padding="same")
+    bias[8:] //= 2**10
+    zp_in = 127
+    lo, hi, zp_out = act
+    geo = Geo(9, 11, 3, 3, padding="same")
     oh, ow = geo.out_hw()
     out = _sentinel((1, oh, ow, c), np.int8)
     output = Struct(
@@ -1424,8 +1439,61 @@ def test_depthwise_tflite_every_multiplier_and_shift(backend: Any) -> None:
         for j in range(3):
             acc += xp[i : i + oh, j : j + ow, :] * w[0, i, j, :].astype(np.int64)
     acc = ((acc + bias + 2**31) % 2**32) - 2**31  # acc + bias wraps like int32
-    want = np.empty_like(acc)
+    scaled = np.empty_like(acc)
     for o in range(c):
-        scaled = multiply_by_quantized_multiplier(acc[..., o], int(mult[o]), int(shift[o]))
-        want[..., o] = np.clip(np.asarray(scaled, np.int64) + zp_out, lo, hi)
+        scaled[..., o] = multiply_by_quantized_multiplier(acc[..., o], int(mult[o]), int(shift[o]))
+    want = np.clip(scaled + zp_out, lo, hi)
+    assert (np.abs(scaled[..., 8:]) < 90).mean() > 0.7
     assert np.array_equal(out.reshape(oh, ow, c), want.astype(np.int8))
+
+
+@pytest.mark.parametrize("act", [(-128, 127, -128), (-128, 127, 127), (-100, 90, 3)])
+def test_pointwise_tflite_every_multiplier_and_shift(
+    backend: Any, act: tuple[int, int, int]
+) -> None:
+    """The TFLite stores of the pointwise paths (4-pixel blocks, then pairs) on extreme
+    per-channel constants (255 pixels: 63 blocks of 4, a pair, one), against the reference's MultiplyByQuantizedMultiplier. With the full
+    int8 range the M7 takes its 9-instruction store for every channel with a multiplier > 0 and
+    a shift <= -2, and the C store for the rest (INT32_MIN, a negative multiplier, shifts -1 ..
+    3); a narrow range takes the C store throughout. Channels 1-7 land mostly inside int8, so
+    that the roundings (ties included) decide the result; biases at both ends of int32 make
+    acc + bias wrap (channel 0) or reach the ends of the 64-bit product (channels 9, 10)."""
+    from bnncube.converters.reference import multiply_by_quantized_multiplier
+
+    lo, hi, zp_out = act
+    c, zp_in = 128, -3
+    rng = np.random.default_rng(9)
+    x = _int8(rng, (1, 15, 17, c))
+    mult = np.asarray(
+        [2**31 - 1, 2**30, 1518500250, 2**30 + 7, 2**31 - 1, 2**19, 2**24 + 3, 2**22 + 1,
+         1, 2**31 - 1, 2**31 - 1, -(2**31), -5, 2**30, 2**30, 2**31 - 1]
+    )  # fmt: skip
+    shift = np.asarray([-2, -9, -10, -9, -10, -2, -3, -5, -2, -31, -30, 0, -4, -1, 0, 3])
+    o = mult.size
+    w = _int8(rng, (o, 1, 1, c))
+    bias = rng.integers(-(2**16), 2**16, o, dtype=np.int64)
+    bias[[0, 8, 9, 10]] = [2**31 - 1, -(2**31), -(2**31) + 4_000_000, 2**31 - 4_000_000]
+    geo = Geo(15, 17, 1, 1)
+    out = _sentinel((1, 15, 17, o), np.int8)
+    output = Struct(
+        "bnn_output_t",
+        kind=OUT_TFLITE,
+        bias=bias.astype(np.int32),
+        q_mult=mult.astype(np.int32),
+        q_shift=shift.astype(np.int32),
+        out_zero_point=zp_out,
+        act_min=lo,
+        act_max=hi,
+    )
+    args = [_ctx(), geo.params(zp_in), output, dims(*x.shape), x, dims(*w.shape), w]
+    status = backend.call("bnn_conv2d_s8", *args, dims(1, 15, 17, o), out)
+    assert status == BNN_OK
+    acc = (x[0].astype(np.int64) - zp_in) @ w[:, 0, 0, :].astype(np.int64).T
+    acc = ((acc + bias + 2**31) % 2**32) - 2**31  # acc + bias wraps like int32
+    scaled = np.empty_like(acc)
+    for k in range(o):
+        scaled[..., k] = multiply_by_quantized_multiplier(acc[..., k], int(mult[k]), int(shift[k]))
+    want = np.clip(scaled + zp_out, lo, hi)
+    # the roundings, not the clamp, decide most of these (within the clamp with a centred zp)
+    assert (np.abs(scaled[..., 1:8]) < 90).mean() > 0.7
+    assert np.array_equal(out.reshape(15, 17, o), want.astype(np.int8))

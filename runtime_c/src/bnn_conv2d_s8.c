@@ -135,8 +135,172 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1_body(bnn_out_kind_t kind, const bnn_conv_par
 #undef BNN_PW_STORE
 
 /* Largest input depth of the expanded pointwise path: its buffer (2 pixels, int16) lives on the
- * stack (4 * BNN_PW_XBUF bytes). */
+ * stack (4 * BNN_PW_XBUF bytes). Blocks of 4 pixels take depths up to BNN_PW_XBUF / 2. */
 #define BNN_PW_XBUF 256
+
+/* The input pointer of output pixel `pix` of a pointwise convolution. */
+BNN_ALWAYS_INLINE const int8_t *bnn_pw_pixel(const bnn_conv_params_t *params, const int8_t *in,
+                                             int32_t in_w, int32_t in_c, int32_t out_w,
+                                             int32_t pix)
+{
+    const int32_t y = pix / out_w, x = pix - y * out_w;
+    return in + (size_t)((y * params->stride_h * in_w + x * params->stride_w) * in_c);
+}
+
+/* Pointwise convolution in blocks of 4 output pixels, Cortex-M7, for C a multiple of 4 up to
+ * BNN_PW_XBUF / 2: the 4 pixels' inputs are expanded once into `xb` (per group of 4 channels,
+ * [p0 (0, 2), p0 (1, 3), p1 (0, 2), ..., p3 (1, 3)], int16 minus the zero point), then each
+ * output channel takes per 4 input channels one weight load, 2 SXTB16, the 8 expanded words (2
+ * LDMs in the assembly) and 8 SMLADs (16 MACs), and stores its 4 outputs with its constants
+ * read once. Returns the first pixel not done (npix rounded down to a multiple of 4). Same
+ * sums modulo 2^32 as bnn_dot_s8: bit-exact. */
+BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                         const bnn_output_t *output, const int8_t *in,
+                                         int32_t in_w, int32_t in_c, const int8_t *filter,
+                                         int32_t npix, int32_t out_w, int32_t out_c, void *out,
+                                         int32_t *xb)
+{
+    const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
+    const int32_t groups = in_c / 4;
+#if BNN_TFLITE_FAST
+    /* the 9-instruction TFLite store applies (then per channel, bnn_tflite_fast_ok) */
+    const int fast = kind == BNN_OUT_TFLITE && !output->q_single_rounding &&
+                     output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
+    const int32_t zp = output->out_zero_point;
+#endif
+    int32_t pix;
+    for (pix = 0; pix + 4 <= npix; pix += 4) {
+        int32_t g, o, p;
+        for (p = 0; p < 4; ++p) {
+            const int8_t *src = bnn_pw_pixel(params, in, in_w, in_c, out_w, pix + p);
+            int32_t *dst = xb + 2 * p;
+            for (g = 0; g < groups; ++g, src += 4, dst += 8) {
+                int32_t v;
+                memcpy(&v, src, 4);
+                dst[0] = __sxtab16(neg_zp, v);
+                dst[1] = bnn_sxtab16_ror8(neg_zp, v);
+            }
+        }
+        for (o = 0; o < out_c; ++o) {
+            const int8_t *w = filter + (size_t)o * (size_t)in_c;
+            const int32_t *x = xb;
+            /* TFLite: the sums start at the bias (acc + bias modulo 2^32 either way) */
+            const int32_t c = kind == BNN_OUT_TFLITE && output->bias != NULL ? output->bias[o] : 0;
+            int32_t a0 = c, a1 = c, a2 = c, a3 = c;
+            int8_t *y = (int8_t *)out + (size_t)pix * (size_t)out_c + o;
+#if defined(__OPTIMIZE__) && defined(__GNUC__)
+            /* 8 registers and r0-r3 (the LDMs' fixed, ascending register list): 12, so that
+             * it builds with a frame pointer too; the loop's bound stays in memory. Two groups
+             * per turn, then the odd one. */
+            {
+                /* the last address at which two groups remain, as an integer (it may lie
+                 * before xb, where no pointer may point) */
+                const uintptr_t x_last2 = (uintptr_t)(xb + 8 * groups) - 64u;
+                int32_t wl, wh;
+                __asm__("ldr     %[wl], %[xl]\n\t"
+                        "cmp     %[x], %[wl]\n\t"
+                        "bhi     2f\n"
+                        "1:\n\t"
+                        "ldr     %[wh], [%[w]], #4\n\t"
+                        "sxtb16  %[wl], %[wh]\n\t"
+                        "sxtb16  %[wh], %[wh], ror #8\n\t"
+                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
+                        "smlad   %[a0], r0, %[wl], %[a0]\n\t"
+                        "smlad   %[a0], r1, %[wh], %[a0]\n\t"
+                        "smlad   %[a1], r2, %[wl], %[a1]\n\t"
+                        "smlad   %[a1], r3, %[wh], %[a1]\n\t"
+                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
+                        "smlad   %[a2], r0, %[wl], %[a2]\n\t"
+                        "smlad   %[a2], r1, %[wh], %[a2]\n\t"
+                        "smlad   %[a3], r2, %[wl], %[a3]\n\t"
+                        "smlad   %[a3], r3, %[wh], %[a3]\n\t"
+                        "ldr     %[wh], [%[w]], #4\n\t"
+                        "sxtb16  %[wl], %[wh]\n\t"
+                        "sxtb16  %[wh], %[wh], ror #8\n\t"
+                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
+                        "smlad   %[a0], r0, %[wl], %[a0]\n\t"
+                        "smlad   %[a0], r1, %[wh], %[a0]\n\t"
+                        "smlad   %[a1], r2, %[wl], %[a1]\n\t"
+                        "smlad   %[a1], r3, %[wh], %[a1]\n\t"
+                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
+                        "smlad   %[a2], r0, %[wl], %[a2]\n\t"
+                        "smlad   %[a2], r1, %[wh], %[a2]\n\t"
+                        "smlad   %[a3], r2, %[wl], %[a3]\n\t"
+                        "smlad   %[a3], r3, %[wh], %[a3]\n\t"
+                        "ldr     %[wl], %[xl]\n\t"
+                        "cmp     %[x], %[wl]\n\t"
+                        "bls     1b\n"
+                        "2:\n\t"
+                        "ldr     %[wl], %[xl]\n\t"
+                        "add     %[wl], %[wl], #64\n\t" /* the end */
+                        "cmp     %[x], %[wl]\n\t"
+                        "bhs     3f\n\t"
+                        "ldr     %[wh], [%[w]], #4\n\t"
+                        "sxtb16  %[wl], %[wh]\n\t"
+                        "sxtb16  %[wh], %[wh], ror #8\n\t"
+                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
+                        "smlad   %[a0], r0, %[wl], %[a0]\n\t"
+                        "smlad   %[a0], r1, %[wh], %[a0]\n\t"
+                        "smlad   %[a1], r2, %[wl], %[a1]\n\t"
+                        "smlad   %[a1], r3, %[wh], %[a1]\n\t"
+                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
+                        "smlad   %[a2], r0, %[wl], %[a2]\n\t"
+                        "smlad   %[a2], r1, %[wh], %[a2]\n\t"
+                        "smlad   %[a3], r2, %[wl], %[a3]\n\t"
+                        "smlad   %[a3], r3, %[wh], %[a3]\n"
+                        "3:\n\t"
+                        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3),
+                          [x] "+r"(x), [w] "+r"(w), [wl] "=&r"(wl), [wh] "=&r"(wh)
+                        : [xl] "m"(x_last2)
+                        : "r0", "r1", "r2", "r3", "cc", "memory");
+            }
+#else
+            for (g = 0; g < groups; ++g, x += 8, w += 4) {
+                int32_t wv, wl, wh;
+                memcpy(&wv, w, 4);
+                wl = __sxtb16(wv);
+                wh = bnn_sxtb16_ror8(wv);
+                a0 = __smlad(x[1], wh, __smlad(x[0], wl, a0));
+                a1 = __smlad(x[3], wh, __smlad(x[2], wl, a1));
+                a2 = __smlad(x[5], wh, __smlad(x[4], wl, a2));
+                a3 = __smlad(x[7], wh, __smlad(x[6], wl, a3));
+            }
+#endif
+            if (kind == BNN_OUT_AFFINE) { /* the channel's constants once for its 4 outputs */
+                const int32_t m = output->a_mult[o], s = output->a_shift[o];
+                const int64_t b = output->a_offset[o];
+                const int32_t lo = output->act_min, hi = output->act_max;
+                y[0] = (int8_t)bnn_affine(a0, m, b, s, lo, hi);
+                y[out_c] = (int8_t)bnn_affine(a1, m, b, s, lo, hi);
+                y[2 * out_c] = (int8_t)bnn_affine(a2, m, b, s, lo, hi);
+                y[3 * out_c] = (int8_t)bnn_affine(a3, m, b, s, lo, hi);
+            } else if (kind == BNN_OUT_TFLITE) { /* likewise; the bias is in the sums */
+                const int32_t q = output->q_mult[o], s = output->q_shift[o];
+#if BNN_TFLITE_FAST
+                if (fast && bnn_tflite_fast_ok(q, s)) {
+                    const int32_t khi = (int32_t)1 << (-s - 2), em1 = -s - 1;
+                    y[0] = (int8_t)bnn_tflite_fast(a0, q, khi, em1, zp);
+                    y[out_c] = (int8_t)bnn_tflite_fast(a1, q, khi, em1, zp);
+                    y[2 * out_c] = (int8_t)bnn_tflite_fast(a2, q, khi, em1, zp);
+                    y[3 * out_c] = (int8_t)bnn_tflite_fast(a3, q, khi, em1, zp);
+                    continue;
+                }
+#endif
+                y[0] = (int8_t)bnn_tflite_out(a0, 0, q, s, output);
+                y[out_c] = (int8_t)bnn_tflite_out(a1, 0, q, s, output);
+                y[2 * out_c] = (int8_t)bnn_tflite_out(a2, 0, q, s, output);
+                y[3 * out_c] = (int8_t)bnn_tflite_out(a3, 0, q, s, output);
+            } else {
+                const int32_t base = pix * out_c + o;
+                bnn_output_store_kind(kind, output, o, a0, out, base);
+                bnn_output_store_kind(kind, output, o, a1, out, base + out_c);
+                bnn_output_store_kind(kind, output, o, a2, out, base + 2 * out_c);
+                bnn_output_store_kind(kind, output, o, a3, out, base + 3 * out_c);
+            }
+        }
+    }
+    return pix;
+}
 
 /* Pointwise convolution with C a multiple of 4 (<= BNN_PW_XBUF), Cortex-M7: the two pixels of a
  * step are expanded once into int16 pairs (x - zero point: SXTAB16 and SXTAB16 ror 8, for each
@@ -155,8 +319,12 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
     int32_t xb[BNN_PW_XBUF];
-    int32_t pix;
-    for (pix = 0; pix < npix; pix += 2) {
+    int32_t pix = 0;
+    if (groups <= BNN_PW_XBUF / 8) { /* blocks of 4 pixels first, then pairs */
+        pix = bnn_conv_1x1x4(kind, params, output, in, in_w, in_c, filter, npix, out_w, out_c,
+                             out, xb);
+    }
+    for (; pix < npix; pix += 2) {
         const int32_t two = pix + 1 < npix;
         const int32_t y0 = pix / out_w, x0 = pix - y0 * out_w;
         const int32_t y1 = two ? (pix + 1) / out_w : y0, x1 = two ? pix + 1 - y1 * out_w : x0;

@@ -358,6 +358,51 @@ static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t 
     }
 }
 
+/* The usual TFLite channel in 9 instructions (Cortex-M7, optimized builds): two roundings,
+ * mult > 0, shift <= -2 (a right shift e = -shift >= 2, no left shift) and the full int8
+ * range (act_min -128, act_max 127): bnn_tflite_fast_ok. Then, for x = acc + bias,
+ *   RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, mult), e) + zp, clamped
+ * is computed from one 64-bit sum. With p = x * mult and h = floor((p + 2^30) / 2^31) (the
+ * high multiply; mult > 0 never saturates), RoundingDivideByPOT(h, e) = floor((h + 2^(e-1) -
+ * [h < 0]) / 2^e) (half away from zero), and [h < 0] may be replaced by s = [p < 0] = [x < 0]:
+ * they differ only when -2^30 <= p < 0, where h = 0 and both give 0. Folding the inner floor,
+ *   result = floor((p + 2^30 + 2^(30+e) - s * 2^31) / 2^(31+e)),
+ * the high word of a 64-bit sum (|sum| < 2^63) shifted right by e - 1: SMLAL onto
+ * K = 2^30 + 2^(30+e) (low word 2^30, high word khi = 2^(e-2)), then s * 2^31 taken off with
+ * the sign of x (ASR #31: -1 or 0, which is the 64-bit -2^31 shifted), the ASR by e - 1,
+ * and the clamp: QADD of zp saturates, then SSAT to 8 bits (exact: a saturated sum lies far
+ * outside int8 either way). */
+BNN_ALWAYS_INLINE int bnn_tflite_fast_ok(int32_t mult, int32_t shift)
+{
+    return mult > 0 && shift <= -2;
+}
+
+#if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
+#define BNN_TFLITE_FAST 1
+/* x = acc + bias (wrapped), khi = 2^(e-2), em1 = e - 1, for a channel bnn_tflite_fast_ok
+ * accepts in a kernel with q_single_rounding 0 and the full int8 range. */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_fast(int32_t x, int32_t mult, int32_t khi, int32_t em1,
+                                          int32_t zp)
+{
+    int32_t lo, hi;
+    __asm__("mov   %[lo], #0x40000000\n\t"
+            "mov   %[hi], %[khi]\n\t"
+            "smlal %[lo], %[hi], %[x], %[m]\n\t"
+            "asr   %[x], %[x], #31\n\t"
+            "adds  %[lo], %[lo], %[x], lsl #31\n\t"
+            "adc   %[hi], %[hi], %[x]\n\t"
+            "asr   %[hi], %[hi], %[e]\n\t"
+            "qadd  %[hi], %[hi], %[zp]\n\t"
+            "ssat  %[hi], #8, %[hi]\n\t"
+            : [lo] "=&r"(lo), [hi] "=&r"(hi), [x] "+r"(x)
+            : [m] "r"(mult), [khi] "r"(khi), [e] "r"(em1), [zp] "r"(zp)
+            : "cc");
+    return hi;
+}
+#else
+#define BNN_TFLITE_FAST 0
+#endif
+
 /* A TFLite output channel prepared once (bnn_tflite_ch) for loops that store many outputs of
  * it (bnn_tflite_ch_out): the shift split into its parts and the clamp with the zero point
  * taken out. The field order is the assembly's (pairs read by LDRD); keep it. */
@@ -369,6 +414,8 @@ typedef struct {
     int32_t zp, shift;    /* out_zero_point; the shift as given */
     int32_t single;       /* output->q_single_rounding */
     int32_t plain;        /* 1: the C arithmetic (single rounding, or mult = INT32_MIN) */
+    int32_t khi, em1;     /* bnn_tflite_fast's constants: 2^(e-2) and e - 1 (e = right) */
+    int32_t fast;         /* 1: bnn_tflite_fast applies (bnn_tflite_fast_ok, full range) */
 } bnn_tflite_ch_t;
 
 BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int32_t shift,
@@ -387,6 +434,10 @@ BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int3
     c.hi = output->act_max - c.zp;
     c.single = output->q_single_rounding != 0;
     c.plain = c.single || mult == INT32_MIN;
+    c.fast = !c.single && bnn_tflite_fast_ok(mult, shift) && output->act_min == BNN_INT8_MIN &&
+             output->act_max == BNN_INT8_MAX;
+    c.khi = c.fast ? (int32_t)1 << (c.right - 2) : 0;
+    c.em1 = c.right - 1;
     return c;
 }
 
@@ -399,6 +450,12 @@ BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int3
 BNN_ALWAYS_INLINE int32_t bnn_tflite_ch_out(int32_t acc, const bnn_tflite_ch_t *c)
 {
     int32_t biased, scaled;
+#if BNN_TFLITE_FAST
+    if (c->fast) {
+        return bnn_tflite_fast(bnn_s32_from_u32((uint32_t)acc + (uint32_t)c->bias), c->mult,
+                               c->khi, c->em1, c->zp);
+    }
+#endif
 #if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
     if (!c->plain) {
         int32_t x = acc, t0, t1, t2, t3, t4;
