@@ -564,11 +564,17 @@ def test_dense(backend: Any, case: tuple[int, int, int], kind: str) -> None:
     _assert_same(out, expected)
 
 
-def test_affine_ties(backend: Any) -> None:
+@pytest.mark.parametrize("depth", [1, 4])
+def test_affine_ties(backend: Any, depth: int) -> None:
     """QKeras without BatchNorm: power-of-two multipliers and (half-)integer offsets are exact,
-    so many results are ties, which round half to even (a 1x1 conv of every int8 value)."""
-    x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
-    w = np.asarray([1, -1, 3, -3, 1, 2, -1, 5], np.int8).reshape(8, 1, 1, 1)
+    so many results are ties, which round half to even (a 1x1 conv of every int8 value). Depth
+    4 takes the M7's 4-pixel path and, for the shifts >= 32, its 7-instruction store: the
+    other 3 input channels hold the zero point, so the sums are those of depth 1."""
+    rng = np.random.default_rng(12)
+    x = np.full((1, 16, 16, depth), 3, np.int8)
+    x[..., 0] = np.arange(-128, 128, dtype=np.int8).reshape(16, 16)
+    w = _int8(rng, (8, 1, 1, depth))
+    w[:, 0, 0, 0] = [1, -1, 3, -3, 1, 2, -1, 5]
     m = np.asarray([2.0**-1, 2.0**-2, -(2.0**-3), 2.0**-1, -(2.0**-4), 2.0**-2, 2.0**-1, 1.0])
     b = np.asarray([0.0, 0.5, -3.0, 7.5, 0.25, -0.5, 100.0, -0.5])
     mult, shift, offset = affine_constants(m, b, 255 * 128, "test")
@@ -589,7 +595,7 @@ def test_affine_ties(backend: Any) -> None:
     attrs = {"output_transform": "affine", "clamp": (-128, 127)}
     mac = MacOutput("affine", consts, attrs, "int8", Quant.per_tensor(1.0, 0), np.ones(8), struct)
     expected = _mac_case("Conv2D", x, 3, w, 0, (1, 16, 16, 8), mac, {})
-    acc = (x.reshape(-1, 1).astype(np.int64) - 3) * w.reshape(1, 8)
+    acc = (x[..., 0].reshape(-1, 1).astype(np.int64) - 3) * w[:, 0, 0, 0].reshape(1, 8)
     real = acc * m + b
     assert np.sum(real - np.floor(real) == 0.5) > 500  # ties, plenty
     assert np.array_equal(expected.reshape(-1, 8), np.clip(np.rint(real), -128, 127))
@@ -607,6 +613,47 @@ def test_affine_ties(backend: Any) -> None:
         out,
     )
     assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+def test_depthwise_affine_ties(backend: Any) -> None:
+    """The 3x3 depthwise path's affine stores on ties: power-of-two multipliers (shifts 32 ..
+    36, so that the M7 takes its 7-instruction store for both groups of 4 channels) and
+    (half-)integer offsets; the ties round half to even."""
+    rng = np.random.default_rng(13)
+    c = 8
+    x = _int8(rng, (1, 9, 9, c))
+    w = rng.integers(-3, 4, size=(1, 3, 3, c)).astype(np.int8)
+    m = np.asarray([2.0**-2, -(2.0**-3), 2.0**-4, -(2.0**-5), 2.0**-2, 2.0**-3, -(2.0**-4), 2.0**-6])
+    b = np.asarray([0.5, -3.0, 7.5, 0.25, -0.5, 100.0, -0.5, 1.5])
+    mult, shift, offset = affine_constants(m, b, 9 * 255 * 3, "test")
+    assert shift.min() >= 32
+    consts = [
+        Tensor("multiplier", (c,), "int32", data=mult),
+        Tensor("shift", (c,), "int8", data=shift),
+        Tensor("offset", (c,), "int64", data=offset),
+    ]
+    struct = Struct(
+        "bnn_output_t",
+        kind=OUT_AFFINE,
+        a_mult=mult,
+        a_shift=shift,
+        a_offset=rounding_ready(offset, shift),
+        act_min=-128,
+        act_max=127,
+    )
+    attrs = {"output_transform": "affine", "clamp": (-128, 127)}
+    mac = MacOutput("affine", consts, attrs, "int8", Quant.per_tensor(1.0, 0), np.ones(c), struct)
+    geo = Geo(9, 9, 3, 3, padding="same")
+    dw_attrs = {**geo.attrs(), "depth_multiplier": 1}
+    expected = _mac_case("DepthwiseConv2D", x, -1, w, 3, (1, 9, 9, c), mac, dw_attrs)
+    xp = np.pad(x[0].astype(np.int64) + 1, ((1, 1), (1, 1), (0, 0)))
+    acc = sum(xp[i : i + 9, j : j + 9, :] * w[0, i, j, :] for i in range(3) for j in range(3))
+    real = acc * m + b
+    assert np.sum(real - np.floor(real) == 0.5) > 50  # ties, plenty
+    assert np.array_equal(expected[0], np.clip(np.rint(real), -128, 127))
+    out = _sentinel((1, 9, 9, c), np.int8)
+    assert _call_depthwise(backend, geo, -1, 1, mac, x, w, (1, 9, 9, c), x, out) == BNN_OK
     _assert_same(out, expected)
 
 

@@ -162,10 +162,10 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
 {
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
-#if BNN_TFLITE_FAST
-    /* the 9-instruction TFLite store applies (then per channel, bnn_tflite_fast_ok) */
-    const int fast = kind == BNN_OUT_TFLITE && !output->q_single_rounding &&
-                     output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
+#if BNN_TFLITE_FAST /* (and BNN_AFFINE_FAST: the same conditions) */
+    /* the int8 range is the full one: the fast stores apply (then per channel) */
+    const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
+    const int fast = kind == BNN_OUT_TFLITE && !output->q_single_rounding && full;
     const int32_t zp = output->out_zero_point;
 #endif
     int32_t pix;
@@ -270,6 +270,16 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
                 const int32_t m = output->a_mult[o], s = output->a_shift[o];
                 const int64_t b = output->a_offset[o];
                 const int32_t lo = output->act_min, hi = output->act_max;
+#if BNN_AFFINE_FAST
+                if (full && s >= 32) {
+                    const int32_t k = s - 32;
+                    y[0] = (int8_t)bnn_affine_fast(a0, m, b, k);
+                    y[out_c] = (int8_t)bnn_affine_fast(a1, m, b, k);
+                    y[2 * out_c] = (int8_t)bnn_affine_fast(a2, m, b, k);
+                    y[3 * out_c] = (int8_t)bnn_affine_fast(a3, m, b, k);
+                    continue;
+                }
+#endif
                 y[0] = (int8_t)bnn_affine(a0, m, b, s, lo, hi);
                 y[out_c] = (int8_t)bnn_affine(a1, m, b, s, lo, hi);
                 y[2 * out_c] = (int8_t)bnn_affine(a2, m, b, s, lo, hi);

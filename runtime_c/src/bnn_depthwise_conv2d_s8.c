@@ -116,6 +116,17 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
                                          output->q_mult[oc + t], output->q_shift[oc + t], output);
             }
         }
+#if BNN_AFFINE_FAST
+        /* affine: the 4 channels take bnn_affine_fast (c_shift then holds shift - 32) */
+        int fast4 = kind == BNN_OUT_AFFINE && output->act_min == BNN_INT8_MIN &&
+                    output->act_max == BNN_INT8_MAX;
+        for (t = 0; t < 4; ++t) {
+            fast4 = fast4 && c_shift[t] >= 32;
+        }
+        for (t = 0; t < 4 && fast4; ++t) {
+            c_shift[t] -= 32;
+        }
+#endif
         for (oy = 0; oy < out_h; ++oy) {
             const int32_t y0 = oy * sh - params->pad_top;
             const int rows_inside = y0 >= 0 && y0 + 2 < in_h;
@@ -151,6 +162,15 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
                 if (kind == BNN_OUT_AFFINE) {
                     const int32_t lo = output->act_min, hi = output->act_max;
                     int8_t *y = (int8_t *)out + index;
+#if BNN_AFFINE_FAST
+                    if (fast4) {
+                        y[0] = (int8_t)bnn_affine_fast(acc0, c_mult[0], c_offset[0], c_shift[0]);
+                        y[1] = (int8_t)bnn_affine_fast(acc1, c_mult[1], c_offset[1], c_shift[1]);
+                        y[2] = (int8_t)bnn_affine_fast(acc2, c_mult[2], c_offset[2], c_shift[2]);
+                        y[3] = (int8_t)bnn_affine_fast(acc3, c_mult[3], c_offset[3], c_shift[3]);
+                        continue;
+                    }
+#endif
                     y[0] = (int8_t)bnn_affine(acc0, c_mult[0], c_offset[0], c_shift[0], lo, hi);
                     y[1] = (int8_t)bnn_affine(acc1, c_mult[1], c_offset[1], c_shift[1], lo, hi);
                     y[2] = (int8_t)bnn_affine(acc2, c_mult[2], c_offset[2], c_shift[2], lo, hi);
