@@ -328,6 +328,7 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
     const int32_t npix = out_h * out_w;
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
+    const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
     int32_t xb[BNN_PW_XBUF];
     int32_t pix = 0;
     if (groups <= BNN_PW_XBUF / 8) { /* blocks of 4 pixels first, then pairs */
@@ -418,33 +419,15 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
                 a10 = __smlad(xh, w0h, a10);
                 a11 = __smlad(xh, w1h, a11);
             }
-            if (kind == BNN_OUT_AFFINE) {
-                /* both channels' constants read once, before the stores (an int8 store may
-                 * alias them, so the compiler would read them again for the second pixel) */
-                const int32_t m0 = output->a_mult[o], m1 = output->a_mult[o + 1];
-                const int64_t b0 = output->a_offset[o], b1 = output->a_offset[o + 1];
-                const int32_t s0 = output->a_shift[o], s1 = output->a_shift[o + 1];
-                const int32_t lo = output->act_min, hi = output->act_max;
+            if (kind != BNN_OUT_FLOAT) { /* each channel's constants once for both pixels */
                 int8_t *y = (int8_t *)out;
-                y[base0 + o] = (int8_t)bnn_affine(a00, m0, b0, s0, lo, hi);
-                y[base0 + o + 1] = (int8_t)bnn_affine(a01, m1, b1, s1, lo, hi);
+                y[base0 + o] = (int8_t)bnn_int8_out(kind, output, o, a00, full);
                 if (two) {
-                    y[base1 + o] = (int8_t)bnn_affine(a10, m0, b0, s0, lo, hi);
-                    y[base1 + o + 1] = (int8_t)bnn_affine(a11, m1, b1, s1, lo, hi);
+                    y[base1 + o] = (int8_t)bnn_int8_out(kind, output, o, a10, full);
                 }
-                continue;
-            }
-            if (kind == BNN_OUT_TFLITE) { /* likewise */
-                const int32_t c0 = output->bias != NULL ? output->bias[o] : 0;
-                const int32_t c1 = output->bias != NULL ? output->bias[o + 1] : 0;
-                const int32_t q0 = output->q_mult[o], q1 = output->q_mult[o + 1];
-                const int32_t s0 = output->q_shift[o], s1 = output->q_shift[o + 1];
-                int8_t *y = (int8_t *)out;
-                y[base0 + o] = (int8_t)bnn_tflite_out(a00, c0, q0, s0, output);
-                y[base0 + o + 1] = (int8_t)bnn_tflite_out(a01, c1, q1, s1, output);
+                y[base0 + o + 1] = (int8_t)bnn_int8_out(kind, output, o + 1, a01, full);
                 if (two) {
-                    y[base1 + o] = (int8_t)bnn_tflite_out(a10, c0, q0, s0, output);
-                    y[base1 + o + 1] = (int8_t)bnn_tflite_out(a11, c1, q1, s1, output);
+                    y[base1 + o + 1] = (int8_t)bnn_int8_out(kind, output, o + 1, a11, full);
                 }
                 continue;
             }
@@ -527,6 +510,16 @@ static inline void bnn_patch_copy(int8_t *dst, const int8_t *src, int32_t n)
     }
 }
 
+/* Output o of the pixel at `base` (int8 kinds: bnn_int8_out) */
+#define BNN_PATCH_STORE(o, acc)                                                                \
+    do {                                                                                       \
+        if (kind == BNN_OUT_FLOAT) {                                                           \
+            bnn_output_store_kind(kind, output, (o), (acc), out, base + (o));                  \
+        } else {                                                                               \
+            ((int8_t *)out)[base + (o)] = (int8_t)bnn_int8_out(kind, output, (o), (acc), full); \
+        }                                                                                      \
+    } while (0)
+
 /* Convolution of a small window, Cortex-M7: for each output pixel the window is gathered once as
  * bytes in OHWI tap order (the taps in the padding, and those that pad the window to whole
  * groups of 4, are the zero point), then each group of 4 bytes becomes two words of int16 taps
@@ -560,6 +553,7 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
     const int8_t zp8 = (int8_t)zp;
     const int32_t zp2 = bnn_s32_from_u32(((uint32_t)zp & 0xFFFFu) | ((uint32_t)zp << 16));
     const int32_t row_bytes = kw * in_c;
+    const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
     int32_t oy, ox, k;
     for (oy = 0; oy < out_h; ++oy) {
         const int32_t y0 = oy * params->stride_h - params->pad_top;
@@ -623,8 +617,8 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                         wv = bnn_patch_tail_word(w1 + 24, tail);
                     }
                     a1 = bnn_pw_mac4(a1, p.word[12], p.word[13], wv);
-                    bnn_output_store_kind(kind, output, o, a0, out, base + o);
-                    bnn_output_store_kind(kind, output, o + 1, a1, out, base + o + 1);
+                    BNN_PATCH_STORE(o, a0);
+                    BNN_PATCH_STORE(o + 1, a1);
                 }
             }
             for (; o + 2 <= out_c; o += 2) {
@@ -644,8 +638,8 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                     }
                     a1 = bnn_pw_mac4(a1, p.word[2 * groups], p.word[2 * groups + 1], wv);
                 }
-                bnn_output_store_kind(kind, output, o, a0, out, base + o);
-                bnn_output_store_kind(kind, output, o + 1, a1, out, base + o + 1);
+                BNN_PATCH_STORE(o, a0);
+                BNN_PATCH_STORE(o + 1, a1);
             }
             if (o < out_c) { /* an odd channel count: the last filter alone */
                 const int8_t *w0 = filter + (size_t)o * (size_t)taps;
@@ -657,12 +651,13 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                     a0 = bnn_pw_mac4(a0, p.word[2 * groups], p.word[2 * groups + 1],
                                      bnn_patch_tail_word(w0 + 4 * groups, tail));
                 }
-                bnn_output_store_kind(kind, output, o, a0, out, base + o);
+                BNN_PATCH_STORE(o, a0);
             }
         }
     }
 }
 #undef BNN_PATCH_MAC
+#undef BNN_PATCH_STORE
 #endif
 
 /* The whole kernel for one output transform `kind` (the argument checks, then the fastest

@@ -576,6 +576,36 @@ BNN_ALWAYS_INLINE void bnn_output_store_kind(bnn_out_kind_t kind, const bnn_outp
     }
 }
 
+/* The int8 output of channel o (kind BNN_OUT_AFFINE or BNN_OUT_TFLITE) from its exact
+ * accumulator, by the fast stores where they apply (bnn_affine_fast, bnn_tflite_fast; `full`:
+ * the kernel's range is the full int8 one), else as bnn_output_store_kind. Inlined into a
+ * kernel that stores a channel's outputs one after the other, the constants are read once. */
+BNN_ALWAYS_INLINE int32_t bnn_int8_out(bnn_out_kind_t kind, const bnn_output_t *output,
+                                       int32_t o, int32_t acc, int full)
+{
+    (void)full; /* (unused without the fast stores) */
+    if (kind == BNN_OUT_AFFINE) {
+        const int32_t m = output->a_mult[o], s = output->a_shift[o];
+        const int64_t b = output->a_offset[o];
+#if BNN_AFFINE_FAST
+        if (full && s >= 32) {
+            return bnn_affine_fast(acc, m, b, s - 32);
+        }
+#endif
+        return bnn_affine(acc, m, b, s, output->act_min, output->act_max);
+    } else {
+        const int32_t c = output->bias != NULL ? output->bias[o] : 0;
+        const int32_t q = output->q_mult[o], s = output->q_shift[o];
+#if BNN_TFLITE_FAST
+        if (full && !output->q_single_rounding && bnn_tflite_fast_ok(q, s)) {
+            return bnn_tflite_fast(bnn_s32_from_u32((uint32_t)acc + (uint32_t)c), q,
+                                   (int32_t)1 << (-s - 2), -s - 1, output->out_zero_point);
+        }
+#endif
+        return bnn_tflite_out(acc, c, q, s, output);
+    }
+}
+
 /* bnn_output_store_kind for output->kind (a call; kernels whose inner loop is specialised per
  * kind call bnn_output_store_kind with a constant kind instead). */
 static inline void bnn_output_store(const bnn_output_t *output, int32_t o, int32_t acc, void *out,
