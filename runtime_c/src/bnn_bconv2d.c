@@ -297,10 +297,7 @@ BNN_ALWAYS_INLINE void bnn_bconv2d_emit(const bnn_bconv2d_geom_t *g, const bnn_o
         const int32_t *mult = output->a_mult + o0;
         const int64_t *offset = output->a_offset + o0;
         const int8_t *shift = output->a_shift + o0;
-        const int32_t lo = output->act_min, hi = output->act_max;
-        for (k = 0; k < n; ++k) {
-            dst[k] = (int8_t)bnn_affine(acc[k], mult[k], offset[k], shift[k], lo, hi);
-        }
+        bnn_affine_run(acc, mult, offset, shift, output->act_min, output->act_max, n, dst);
         return;
     }
     for (k = 0; k < n; ++k) {
@@ -327,11 +324,7 @@ BNN_NOINLINE void bnn_bconv2d_emit_sum(const bnn_output_t *output, const bnn_bco
     const int8_t *b = sum->residual + index;
     int8_t *dst = sum->out + index;
     int8_t a[BNN_BCONV2D_BLOCK];
-    int32_t k;
-    for (k = 0; k < n; ++k) {
-        a[k] = (int8_t)bnn_affine(acc[k], mult[k], offset[k], shift[k], output->act_min,
-                                  output->act_max);
-    }
+    bnn_affine_run(acc, mult, offset, shift, output->act_min, output->act_max, n, a);
     bnn_add_s8_run(&sum->add, n, a, b, dst);
 }
 

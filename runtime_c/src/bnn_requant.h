@@ -301,9 +301,64 @@ BNN_ALWAYS_INLINE int32_t bnn_affine_fast(int32_t acc, int32_t mult, int64_t off
             : "cc");
     return acc;
 }
+
+/* bnn_affine_fast for 16 <= shift <= 31 (full int8 range), 11 instructions: q = uh * 2^(32-s)
+ * + floor(ul / 2^s) (bnn_round_ready_clamp) with uh first saturated to 16 bits. That changes
+ * nothing where |uh| < 2^15, and beyond it leaves |q| >= 2^15 - 1, clamped to the same end of
+ * int8 as the exact q, without overflow (|uh| * 2^(32-s) <= 2^31). A tie: the low s bits of
+ * ul are 0 (then an odd q loses its low bit). rs = 32 - shift. */
+BNN_ALWAYS_INLINE int32_t bnn_affine_fast_lo(int32_t acc, int32_t mult, int64_t offset,
+                                             int32_t shift, int32_t rs)
+{
+    int32_t lo, hi, t;
+    __asm__("mov   %[lo], %Q[off]\n\t"
+            "mov   %[hi], %R[off]\n\t"
+            "smlal %[lo], %[hi], %[x], %[m]\n\t"
+            "ssat  %[hi], #16, %[hi]\n\t"
+            "lsl   %[hi], %[hi], %[rs]\n\t"
+            "lsls  %[t], %[lo], %[rs]\n\t" /* Z: the low s bits of ul are 0, a tie */
+            "lsr   %[lo], %[lo], %[s]\n\t"
+            "add   %[x], %[hi], %[lo]\n\t"
+            "it    eq\n\t"
+            "biceq %[x], %[x], #1\n\t"
+            "ssat  %[x], #8, %[x]\n\t"
+            : [lo] "=&r"(lo), [hi] "=&r"(hi), [t] "=&r"(t), [x] "+r"(acc)
+            : [m] "r"(mult), [off] "r"(offset), [s] "r"(shift), [rs] "r"(rs)
+            : "cc");
+    return acc;
+}
 #else
 #define BNN_AFFINE_FAST 0
 #endif
+
+/* dst[k] = bnn_affine(acc[k], mult[k], offset[k], shift[k], lo, hi) for k < n (a run of
+ * consecutive channels), by bnn_affine_fast / _lo where they apply (the full int8 range,
+ * shift >= 16).
+ * dst may alias none of the inputs. */
+BNN_ALWAYS_INLINE void bnn_affine_run(const int32_t *acc, const int32_t *mult,
+                                      const int64_t *offset, const int8_t *shift, int32_t lo,
+                                      int32_t hi, int32_t n, int8_t *dst)
+{
+    int32_t k;
+#if BNN_AFFINE_FAST
+    if (lo == BNN_INT8_MIN && hi == BNN_INT8_MAX) {
+        for (k = 0; k < n; ++k) {
+            const int32_t s = shift[k];
+            if (s >= 32) {
+                dst[k] = (int8_t)bnn_affine_fast(acc[k], mult[k], offset[k], s - 32);
+            } else if (s >= 16) {
+                dst[k] = (int8_t)bnn_affine_fast_lo(acc[k], mult[k], offset[k], s, 32 - s);
+            } else {
+                dst[k] = (int8_t)bnn_affine(acc[k], mult[k], offset[k], s, lo, hi);
+            }
+        }
+        return;
+    }
+#endif
+    for (k = 0; k < n; ++k) {
+        dst[k] = (int8_t)bnn_affine(acc[k], mult[k], offset[k], shift[k], lo, hi);
+    }
+}
 
 /* ---- float transform -------------------------------------------------------------------- */
 
