@@ -31,9 +31,10 @@ pytestmark = [
     ),
 ]
 
-# instructions per inference: 32.41 M measured (87.17 M before issue 8's kernel work, 49.18 M
-# after its first step, 35.30 M after its second); 2% for compiler differences
-HYBRID_BUDGET = 33.05e6
+# instructions per inference: 29.06 M measured (87.17 M before issue 8's kernel work, 49.18 M
+# after its first step, 35.30 M after its second, 32.41 M after its third); 2% for compiler
+# differences
+HYBRID_BUDGET = 29.64e6
 
 
 def _require_unicorn() -> None:
@@ -86,7 +87,7 @@ def test_hybrid_unicorn(hybrid_h5: Path, tmp_path: Path, record_property: Any) -
     record_property("hybrid_instructions", per)
     record_property("hybrid_flash_ram", (t["flash_bytes"], t["ram_bytes"]))
     assert len(per) == 2
-    assert 30e6 < t["instructions"]["mean"] < HYBRID_BUDGET  # a real count, within budget
+    assert 20e6 < t["instructions"]["mean"] < HYBRID_BUDGET  # a real count, within budget
     assert t["est_ms_480mhz"] == pytest.approx(t["instructions"]["mean"] / 480e3)
     assert t["flash_bytes"] > t["weights_bytes"] == report["weights_bytes"]
     assert t["ram_bytes"] >= t["arena_bytes"] >= report["activations_bytes"]
