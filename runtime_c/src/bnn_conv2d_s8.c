@@ -288,11 +288,8 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
                 const int32_t q = output->q_mult[o], s = output->q_shift[o];
 #if BNN_TFLITE_FAST
                 if (fast && bnn_tflite_fast_ok(q, s)) {
-                    const int32_t khi = (int32_t)1 << (-s - 2), em1 = -s - 1;
-                    y[0] = (int8_t)bnn_tflite_fast(a0, q, khi, em1, zp);
-                    y[out_c] = (int8_t)bnn_tflite_fast(a1, q, khi, em1, zp);
-                    y[2 * out_c] = (int8_t)bnn_tflite_fast(a2, q, khi, em1, zp);
-                    y[3 * out_c] = (int8_t)bnn_tflite_fast(a3, q, khi, em1, zp);
+                    (void)bnn_tflite_fast4(y, out_c, a0, a1, a2, a3, q, (int32_t)1 << (-s - 2),
+                                           -s - 1, zp);
                     continue;
                 }
 #endif

@@ -485,6 +485,42 @@ BNN_ALWAYS_INLINE int32_t bnn_tflite_fast(int32_t x, int32_t mult, int32_t khi, 
             : "cc");
     return hi;
 }
+
+/* One step of bnn_tflite_fast4: the store of x at [addr] (lo, hi: scratch). */
+#define BNN_TFLITE_FAST_STEP(x, addr)                                                          \
+    "mov   %[lo], #0x40000000\n\t"                                                             \
+    "mov   %[hi], %[khi]\n\t"                                                                  \
+    "smlal %[lo], %[hi], %[" x "], %[m]\n\t"                                                   \
+    "asr   %[" x "], %[" x "], #31\n\t"                                                         \
+    "adds  %[lo], %[lo], %[" x "], lsl #31\n\t"                                                \
+    "adc   %[hi], %[hi], %[" x "]\n\t"                                                         \
+    "asr   %[hi], %[hi], %[e]\n\t"                                                             \
+    "qadd  %[hi], %[hi], %[zp]\n\t"                                                            \
+    "ssat  %[hi], #8, %[hi]\n\t"                                                               \
+    "strb  %[hi], " addr "\n\t"
+
+/* bnn_tflite_fast of one channel's 4 sums (x = acc + bias each), stored at y[0], y[oc],
+ * y[2 oc] and y[3 oc]; then y moves on by one (the next channel). 43 instructions. */
+BNN_ALWAYS_INLINE int8_t *bnn_tflite_fast4(int8_t *y, int32_t oc, int32_t a0, int32_t a1,
+                                           int32_t a2, int32_t a3, int32_t mult, int32_t khi,
+                                           int32_t em1, int32_t zp)
+{
+    int32_t lo, hi;
+    /* volatile: its effect is the stores (its register outputs may all go unused) */
+    __asm__ __volatile__(BNN_TFLITE_FAST_STEP("a0", "[%[y]]")
+            BNN_TFLITE_FAST_STEP("a1", "[%[y], %[oc]]")
+            "add   %[a0], %[y], %[oc], lsl #1\n\t"
+            BNN_TFLITE_FAST_STEP("a2", "[%[a0]]")
+            "add   %[a0], %[a0], %[oc]\n\t"
+            BNN_TFLITE_FAST_STEP("a3", "[%[a0]]")
+            "add   %[y], %[y], #1\n\t"
+            : [lo] "=&r"(lo), [hi] "=&r"(hi), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2),
+              [a3] "+r"(a3), [y] "+r"(y)
+            : [m] "r"(mult), [khi] "r"(khi), [e] "r"(em1), [zp] "r"(zp), [oc] "r"(oc)
+            : "cc", "memory");
+    return y;
+}
+#undef BNN_TFLITE_FAST_STEP
 #else
 #define BNN_TFLITE_FAST 0
 #endif
