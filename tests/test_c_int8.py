@@ -763,6 +763,58 @@ def test_add_tflite(backend: Any, case: tuple[Any, ...]) -> None:
     _assert_same(out, expected)
 
 
+# (za, zb, left_shift, (qa, sa), (qb, sb), (qo, so), zo, (act_min, act_max))
+ADD_TFLITE_EXTREMES = [
+    (-128, 127, 20, (1518500250, -1), (2**30, 0), (1395864371, -19), 3, (-128, 127)),
+    (5, -7, 20, (2**30, 0), (1518500250, -3), (2**31 - 1, -17), -128, (-128, 127)),
+    (0, 0, 20, (2**30, 0), (2**30, 0), (1518500250, -20), -128, (-128, 50)),  # narrow: C
+    (-3, 9, 24, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -24), 0, (-128, 127)),  # a' wraps
+    (127, -128, 20, (2**30, 0), (2**31 - 1, -1), (1000, 0), 127, (-128, 127)),  # shift 0: C
+    (127, -128, 20, (2**30, 0), (2**31 - 1, -1), (2000, -1), -20, (-128, 127)),  # -1: C
+]
+
+
+@pytest.mark.parametrize("case", ADD_TFLITE_EXTREMES)
+def test_add_tflite_every_pair(backend: Any, case: tuple[Any, ...]) -> None:
+    """The TFLite Add on all 65,536 pairs of int8 values (its table path, and on the M7 the
+    9-instruction output store where it applies: the full range, out_shift <= -2), against
+    MultiplyByQuantizedMultiplier as the reference applies it, with (x - zp) * 2^left_shift and
+    a' + b' wrapping like int32."""
+    from bnncube.converters.reference import multiply_by_quantized_multiplier as mbqm
+
+    za, zb, ls, (qa, sa), (qb, sb), (qo, so), zo, (lo, hi) = case
+    a = np.repeat(np.arange(-128, 128), 256).astype(np.int8)
+    b = np.tile(np.arange(-128, 128), 256).astype(np.int8)
+
+    def wrap(v: np.ndarray) -> np.ndarray:
+        return ((v.astype(np.int64) + 2**31) % 2**32) - 2**31
+
+    sa_ = np.asarray(mbqm(wrap((a.astype(np.int64) - za) << ls), qa, sa), np.int64)
+    sb_ = np.asarray(mbqm(wrap((b.astype(np.int64) - zb) << ls), qb, sb), np.int64)
+    scaled = np.asarray(mbqm(wrap(sa_ + sb_), qo, so), np.int64)
+    expected = np.clip(scaled + zo, lo, hi).astype(np.int8)
+    assert len(np.unique(expected)) > 20  # not a clamp everywhere
+    params = Struct(
+        "bnn_add_params_t",
+        kind=OUT_TFLITE,
+        a_zero_point=za,
+        b_zero_point=zb,
+        left_shift=ls,
+        a_mult=qa,
+        a_shift=sa,
+        b_mult=qb,
+        b_shift=sb,
+        out_mult=qo,
+        out_shift=so,
+        out_zero_point=zo,
+        act_min=lo,
+        act_max=hi,
+    )
+    out = _sentinel(a.shape, np.int8)
+    assert backend.call("bnn_add_s8", params, a.size, a, b, out) == BNN_OK
+    _assert_same(out, expected)
+
+
 @pytest.mark.parametrize("negative", [False, True])
 @pytest.mark.parametrize("case", ADD_CASES, ids=lambda c: "x".join(map(str, c[0])) + c[-1])
 def test_add_affine(backend: Any, case: tuple[Any, ...], negative: bool) -> None:

@@ -14,6 +14,8 @@
  *   out = clamp(round_half_even(t / 2^affine_shift), act_min, act_max)
  *
  * Element i of a and b is read before out[i] is written: `out` may be `a` or `b` (in place).
+ * TFLITE, from BNN_ADD_TABLE_MIN elements: a' and b' come from tables of their 256 values
+ * (bnn_add_tflite_tables; the same integers).
  * Cortex-M7 (__ARM_FEATURE_DSP, optimized builds): the affine path runs assembly loops, one for
  * shift >= 32 and one below (bnn_add_affine_hi / _lo), with the clamp to [-128, 127] by SSAT and
  * any narrower [act_min, act_max] applied after; the same integers as the C loops.
@@ -161,6 +163,46 @@ static void bnn_add_affine_lo(int32_t size, const int8_t *a, const int8_t *b, in
 #define BNN_ADD_ASM 0
 #endif
 
+/* Elements from which the TFLite Add builds its tables (512 MultiplyByQuantizedMultiplier). */
+#define BNN_ADD_TABLE_MIN 256
+
+/* The TFLite Add by tables: a' and b' depend on one int8 value each, so both are computed once
+ * for all 256 values (2 KB on the stack, in this function's frame only), and each element
+ * costs two lookups, the sum and the output's MBQM (bnn_tflite_fast where it applies). The
+ * same integers as the element loop of bnn_add_s8_run. */
+BNN_NOINLINE void bnn_add_tflite_tables(const bnn_add_params_t *params, int32_t size,
+                                        const int8_t *a, const int8_t *b, int8_t *out)
+{
+    int32_t ta[256], tb[256];
+    int32_t v, i;
+    const int32_t lo = params->act_min, hi = params->act_max, zp = params->out_zero_point;
+    for (v = 0; v < 256; ++v) {
+        uint32_t da = (uint32_t)(v - 128 - params->a_zero_point) << params->left_shift;
+        uint32_t db = (uint32_t)(v - 128 - params->b_zero_point) << params->left_shift;
+        ta[v] = bnn_mbqm(bnn_s32_from_u32(da), params->a_mult, params->a_shift);
+        tb[v] = bnn_mbqm(bnn_s32_from_u32(db), params->b_mult, params->b_shift);
+    }
+#if BNN_TFLITE_FAST
+    if (lo == BNN_INT8_MIN && hi == BNN_INT8_MAX &&
+        bnn_tflite_fast_ok(params->out_mult, params->out_shift)) {
+        const int32_t m = params->out_mult, e = -params->out_shift;
+        const int32_t khi = (int32_t)1 << (e - 2);
+        for (i = 0; i < size; ++i) {
+            uint32_t sum = (uint32_t)ta[a[i] + 128] + (uint32_t)tb[b[i] + 128];
+            out[i] = (int8_t)bnn_tflite_fast(bnn_s32_from_u32(sum), m, khi, e - 1, zp);
+        }
+        return;
+    }
+#endif
+    for (i = 0; i < size; ++i) {
+        uint32_t sum = (uint32_t)ta[a[i] + 128] + (uint32_t)tb[b[i] + 128];
+        int32_t scaled = bnn_mbqm(bnn_s32_from_u32(sum), params->out_mult, params->out_shift);
+        /* the clamp in 32 bits, as bnn_tflite_out */
+        scaled = scaled < lo - zp ? lo - zp : (scaled > hi - zp ? hi - zp : scaled);
+        out[i] = (int8_t)(scaled + zp);
+    }
+}
+
 void bnn_add_s8_prepare(const bnn_add_params_t *params, bnn_add_s8_prepared_t *prepared)
 {
     prepared->params = params;
@@ -180,6 +222,10 @@ void bnn_add_s8_run(const bnn_add_s8_prepared_t *prepared, int32_t size, const i
     const bnn_add_params_t *params = prepared->params;
     int32_t i;
     if (params->kind == BNN_OUT_TFLITE) {
+        if (size >= BNN_ADD_TABLE_MIN) {
+            bnn_add_tflite_tables(params, size, a, b, out);
+            return;
+        }
         for (i = 0; i < size; ++i) {
             uint32_t da = (uint32_t)(a[i] - params->a_zero_point) << params->left_shift;
             uint32_t db = (uint32_t)(b[i] - params->b_zero_point) << params->left_shift;
