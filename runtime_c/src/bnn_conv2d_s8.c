@@ -147,13 +147,162 @@ BNN_ALWAYS_INLINE const int8_t *bnn_pw_pixel(const bnn_conv_params_t *params, co
     return in + (size_t)((y * params->stride_h * in_w + x * params->stride_w) * in_c);
 }
 
+/* The output channels of a block of 4 output pixels (from `pix`) whose inputs are expanded in
+ * `xb`, per group of 4 taps [p0 (0, 2), p0 (1, 3), p1 (0, 2), ..., p3 (1, 3)] (int16, minus the
+ * zero point), Cortex-M7: each output channel takes per group one weight load, 2 SXTB16, the 8
+ * expanded words (2 LDMs in the assembly) and 8 SMLADs (16 MACs), and stores its 4 outputs with
+ * its constants read once; channels o_begin .. o_end - 1. Channel o's weights are read as
+ * 4 * groups bytes from filter + (o - o_begin) * fstride (bytes past a filter's taps meet taps
+ * that are 0; the caller makes sure that the last channel's are readable). Same sums modulo
+ * 2^32 as bnn_dot_s8: bit-exact. */
+BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_output_t *output,
+                                            const int32_t *xb, int32_t groups,
+                                            const int8_t *filter, int32_t fstride,
+                                            int32_t o_begin, int32_t o_end, int32_t pix,
+                                            int32_t out_c, void *out)
+{
+#if BNN_TFLITE_FAST /* (and BNN_AFFINE_FAST: the same conditions) */
+    /* the int8 range is the full one: the fast stores apply (then per channel) */
+    const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
+    const int fast = kind == BNN_OUT_TFLITE && !output->q_single_rounding && full;
+    const int32_t zp = output->out_zero_point;
+#endif
+    int32_t o;
+    for (o = o_begin; o < o_end; ++o) {
+        const int8_t *w = filter + (size_t)(o - o_begin) * (size_t)fstride;
+        const int32_t *x = xb;
+        /* TFLite: the sums start at the bias (acc + bias modulo 2^32 either way) */
+        const int32_t c = kind == BNN_OUT_TFLITE && output->bias != NULL ? output->bias[o] : 0;
+        int32_t a0 = c, a1 = c, a2 = c, a3 = c;
+        int8_t *y = (int8_t *)out + (size_t)pix * (size_t)out_c + o;
+#if defined(__OPTIMIZE__) && defined(__GNUC__)
+        /* 8 registers and r4, r5, r6, r8 (the LDMs' fixed, ascending register list; not r7,
+         * the Thumb frame pointer, nor r9, a platform register in some ABIs; with r0-r3, GCC
+         * 13 found no allocation at -Og -fno-omit-frame-pointer): 12. The loop's bound comes
+         * in wl and waits in a stack slot of the asm's own (a memory operand's address could
+         * need a register of its own). Two groups per turn, then the odd one. Compile-checked
+         * at -O0, -Og, -O1, -O2, -O3 and -Os, with and without -fno-omit-frame-pointer. */
+        {
+            /* the last address at which two groups remain, as an integer (it may lie
+             * before xb, where no pointer may point) */
+            uintptr_t wl = (uintptr_t)(xb + 8 * groups) - 64u;
+            int32_t wh;
+            __asm__("sub     sp, sp, #8\n\t" /* (8: the stack stays 8-byte aligned) */
+                    "str     %[wl], [sp]\n\t"
+                    "cmp     %[x], %[wl]\n\t"
+                    "bhi     2f\n"
+                    "1:\n\t"
+                    "ldr     %[wh], [%[w]], #4\n\t"
+                    "sxtb16  %[wl], %[wh]\n\t"
+                    "sxtb16  %[wh], %[wh], ror #8\n\t"
+                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
+                    "smlad   %[a0], r4, %[wl], %[a0]\n\t"
+                    "smlad   %[a0], r5, %[wh], %[a0]\n\t"
+                    "smlad   %[a1], r6, %[wl], %[a1]\n\t"
+                    "smlad   %[a1], r8, %[wh], %[a1]\n\t"
+                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
+                    "smlad   %[a2], r4, %[wl], %[a2]\n\t"
+                    "smlad   %[a2], r5, %[wh], %[a2]\n\t"
+                    "smlad   %[a3], r6, %[wl], %[a3]\n\t"
+                    "smlad   %[a3], r8, %[wh], %[a3]\n\t"
+                    "ldr     %[wh], [%[w]], #4\n\t"
+                    "sxtb16  %[wl], %[wh]\n\t"
+                    "sxtb16  %[wh], %[wh], ror #8\n\t"
+                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
+                    "smlad   %[a0], r4, %[wl], %[a0]\n\t"
+                    "smlad   %[a0], r5, %[wh], %[a0]\n\t"
+                    "smlad   %[a1], r6, %[wl], %[a1]\n\t"
+                    "smlad   %[a1], r8, %[wh], %[a1]\n\t"
+                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
+                    "smlad   %[a2], r4, %[wl], %[a2]\n\t"
+                    "smlad   %[a2], r5, %[wh], %[a2]\n\t"
+                    "smlad   %[a3], r6, %[wl], %[a3]\n\t"
+                    "smlad   %[a3], r8, %[wh], %[a3]\n\t"
+                    "ldr     %[wl], [sp]\n\t"
+                    "cmp     %[x], %[wl]\n\t"
+                    "bls     1b\n"
+                    "2:\n\t"
+                    "ldr     %[wl], [sp]\n\t"
+                    "add     %[wl], %[wl], #64\n\t" /* the end */
+                    "cmp     %[x], %[wl]\n\t"
+                    "bhs     3f\n\t"
+                    "ldr     %[wh], [%[w]], #4\n\t"
+                    "sxtb16  %[wl], %[wh]\n\t"
+                    "sxtb16  %[wh], %[wh], ror #8\n\t"
+                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
+                    "smlad   %[a0], r4, %[wl], %[a0]\n\t"
+                    "smlad   %[a0], r5, %[wh], %[a0]\n\t"
+                    "smlad   %[a1], r6, %[wl], %[a1]\n\t"
+                    "smlad   %[a1], r8, %[wh], %[a1]\n\t"
+                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
+                    "smlad   %[a2], r4, %[wl], %[a2]\n\t"
+                    "smlad   %[a2], r5, %[wh], %[a2]\n\t"
+                    "smlad   %[a3], r6, %[wl], %[a3]\n\t"
+                    "smlad   %[a3], r8, %[wh], %[a3]\n"
+                    "3:\n\t"
+                    "add     sp, sp, #8\n\t"
+                    : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3),
+                      [x] "+r"(x), [w] "+r"(w), [wl] "+r"(wl), [wh] "=&r"(wh)
+                    :
+                    : "r4", "r5", "r6", "r8", "cc", "memory");
+        }
+#endif
+        /* the C loop: what the assembly left (all of it, or nothing) */
+        for (; x < xb + 8 * groups; x += 8, w += 4) {
+            int32_t wv, wl, wh;
+            memcpy(&wv, w, 4);
+            wl = __sxtb16(wv);
+            wh = bnn_sxtb16_ror8(wv);
+            a0 = __smlad(x[1], wh, __smlad(x[0], wl, a0));
+            a1 = __smlad(x[3], wh, __smlad(x[2], wl, a1));
+            a2 = __smlad(x[5], wh, __smlad(x[4], wl, a2));
+            a3 = __smlad(x[7], wh, __smlad(x[6], wl, a3));
+        }
+        if (kind == BNN_OUT_AFFINE) { /* the channel's constants once for its 4 outputs */
+            const int32_t m = output->a_mult[o], s = output->a_shift[o];
+            const int64_t b = output->a_offset[o];
+            const int32_t lo = output->act_min, hi = output->act_max;
+#if BNN_AFFINE_FAST
+            if (full && s >= 32) {
+                const int32_t k = s - 32;
+                y[0] = (int8_t)bnn_affine_fast(a0, m, b, k);
+                y[out_c] = (int8_t)bnn_affine_fast(a1, m, b, k);
+                y[2 * out_c] = (int8_t)bnn_affine_fast(a2, m, b, k);
+                y[3 * out_c] = (int8_t)bnn_affine_fast(a3, m, b, k);
+                continue;
+            }
+#endif
+            y[0] = (int8_t)bnn_affine(a0, m, b, s, lo, hi);
+            y[out_c] = (int8_t)bnn_affine(a1, m, b, s, lo, hi);
+            y[2 * out_c] = (int8_t)bnn_affine(a2, m, b, s, lo, hi);
+            y[3 * out_c] = (int8_t)bnn_affine(a3, m, b, s, lo, hi);
+        } else if (kind == BNN_OUT_TFLITE) { /* likewise; the bias is in the sums */
+            const int32_t q = output->q_mult[o], s = output->q_shift[o];
+#if BNN_TFLITE_FAST
+            if (fast && bnn_tflite_fast_ok(q, s)) {
+                (void)bnn_tflite_fast4(y, out_c, a0, a1, a2, a3, q, (int32_t)1 << (-s - 2),
+                                       -s - 1, zp);
+                continue;
+            }
+#endif
+            y[0] = (int8_t)bnn_tflite_out(a0, 0, q, s, output);
+            y[out_c] = (int8_t)bnn_tflite_out(a1, 0, q, s, output);
+            y[2 * out_c] = (int8_t)bnn_tflite_out(a2, 0, q, s, output);
+            y[3 * out_c] = (int8_t)bnn_tflite_out(a3, 0, q, s, output);
+        } else {
+            const int32_t base = pix * out_c + o;
+            bnn_output_store_kind(kind, output, o, a0, out, base);
+            bnn_output_store_kind(kind, output, o, a1, out, base + out_c);
+            bnn_output_store_kind(kind, output, o, a2, out, base + 2 * out_c);
+            bnn_output_store_kind(kind, output, o, a3, out, base + 3 * out_c);
+        }
+    }
+}
+
 /* Pointwise convolution in blocks of 4 output pixels, Cortex-M7, for C a multiple of 4 up to
- * BNN_PW_XBUF / 2: the 4 pixels' inputs are expanded once into `xb` (per group of 4 channels,
- * [p0 (0, 2), p0 (1, 3), p1 (0, 2), ..., p3 (1, 3)], int16 minus the zero point), then each
- * output channel takes per 4 input channels one weight load, 2 SXTB16, the 8 expanded words (2
- * LDMs in the assembly) and 8 SMLADs (16 MACs), and stores its 4 outputs with its constants
- * read once. Returns the first pixel not done (npix rounded down to a multiple of 4). Same
- * sums modulo 2^32 as bnn_dot_s8: bit-exact. */
+ * BNN_PW_XBUF / 2: the 4 pixels' inputs are expanded once into `xb`, then
+ * bnn_conv_x4_channels. Returns the first pixel not done (npix rounded down to a multiple of
+ * 4). */
 BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_params_t *params,
                                          const bnn_output_t *output, const int8_t *in,
                                          int32_t in_w, int32_t in_c, const int8_t *filter,
@@ -162,15 +311,9 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
 {
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
-#if BNN_TFLITE_FAST /* (and BNN_AFFINE_FAST: the same conditions) */
-    /* the int8 range is the full one: the fast stores apply (then per channel) */
-    const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
-    const int fast = kind == BNN_OUT_TFLITE && !output->q_single_rounding && full;
-    const int32_t zp = output->out_zero_point;
-#endif
     int32_t pix;
     for (pix = 0; pix + 4 <= npix; pix += 4) {
-        int32_t g, o, p;
+        int32_t g, p;
         for (p = 0; p < 4; ++p) {
             const int8_t *src = bnn_pw_pixel(params, in, in_w, in_c, out_w, pix + p);
             int32_t *dst = xb + 2 * p;
@@ -181,130 +324,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
                 dst[1] = bnn_sxtab16_ror8(neg_zp, v);
             }
         }
-        for (o = 0; o < out_c; ++o) {
-            const int8_t *w = filter + (size_t)o * (size_t)in_c;
-            const int32_t *x = xb;
-            /* TFLite: the sums start at the bias (acc + bias modulo 2^32 either way) */
-            const int32_t c = kind == BNN_OUT_TFLITE && output->bias != NULL ? output->bias[o] : 0;
-            int32_t a0 = c, a1 = c, a2 = c, a3 = c;
-            int8_t *y = (int8_t *)out + (size_t)pix * (size_t)out_c + o;
-#if defined(__OPTIMIZE__) && defined(__GNUC__)
-            /* 8 registers and r0-r3 (the LDMs' fixed, ascending register list): 12, so that
-             * it builds with a frame pointer too; the loop's bound stays in memory. Two groups
-             * per turn, then the odd one. */
-            {
-                /* the last address at which two groups remain, as an integer (it may lie
-                 * before xb, where no pointer may point) */
-                const uintptr_t x_last2 = (uintptr_t)(xb + 8 * groups) - 64u;
-                int32_t wl, wh;
-                __asm__("ldr     %[wl], %[xl]\n\t"
-                        "cmp     %[x], %[wl]\n\t"
-                        "bhi     2f\n"
-                        "1:\n\t"
-                        "ldr     %[wh], [%[w]], #4\n\t"
-                        "sxtb16  %[wl], %[wh]\n\t"
-                        "sxtb16  %[wh], %[wh], ror #8\n\t"
-                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
-                        "smlad   %[a0], r0, %[wl], %[a0]\n\t"
-                        "smlad   %[a0], r1, %[wh], %[a0]\n\t"
-                        "smlad   %[a1], r2, %[wl], %[a1]\n\t"
-                        "smlad   %[a1], r3, %[wh], %[a1]\n\t"
-                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
-                        "smlad   %[a2], r0, %[wl], %[a2]\n\t"
-                        "smlad   %[a2], r1, %[wh], %[a2]\n\t"
-                        "smlad   %[a3], r2, %[wl], %[a3]\n\t"
-                        "smlad   %[a3], r3, %[wh], %[a3]\n\t"
-                        "ldr     %[wh], [%[w]], #4\n\t"
-                        "sxtb16  %[wl], %[wh]\n\t"
-                        "sxtb16  %[wh], %[wh], ror #8\n\t"
-                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
-                        "smlad   %[a0], r0, %[wl], %[a0]\n\t"
-                        "smlad   %[a0], r1, %[wh], %[a0]\n\t"
-                        "smlad   %[a1], r2, %[wl], %[a1]\n\t"
-                        "smlad   %[a1], r3, %[wh], %[a1]\n\t"
-                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
-                        "smlad   %[a2], r0, %[wl], %[a2]\n\t"
-                        "smlad   %[a2], r1, %[wh], %[a2]\n\t"
-                        "smlad   %[a3], r2, %[wl], %[a3]\n\t"
-                        "smlad   %[a3], r3, %[wh], %[a3]\n\t"
-                        "ldr     %[wl], %[xl]\n\t"
-                        "cmp     %[x], %[wl]\n\t"
-                        "bls     1b\n"
-                        "2:\n\t"
-                        "ldr     %[wl], %[xl]\n\t"
-                        "add     %[wl], %[wl], #64\n\t" /* the end */
-                        "cmp     %[x], %[wl]\n\t"
-                        "bhs     3f\n\t"
-                        "ldr     %[wh], [%[w]], #4\n\t"
-                        "sxtb16  %[wl], %[wh]\n\t"
-                        "sxtb16  %[wh], %[wh], ror #8\n\t"
-                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
-                        "smlad   %[a0], r0, %[wl], %[a0]\n\t"
-                        "smlad   %[a0], r1, %[wh], %[a0]\n\t"
-                        "smlad   %[a1], r2, %[wl], %[a1]\n\t"
-                        "smlad   %[a1], r3, %[wh], %[a1]\n\t"
-                        "ldmia   %[x]!, {r0, r1, r2, r3}\n\t"
-                        "smlad   %[a2], r0, %[wl], %[a2]\n\t"
-                        "smlad   %[a2], r1, %[wh], %[a2]\n\t"
-                        "smlad   %[a3], r2, %[wl], %[a3]\n\t"
-                        "smlad   %[a3], r3, %[wh], %[a3]\n"
-                        "3:\n\t"
-                        : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3),
-                          [x] "+r"(x), [w] "+r"(w), [wl] "=&r"(wl), [wh] "=&r"(wh)
-                        : [xl] "m"(x_last2)
-                        : "r0", "r1", "r2", "r3", "cc", "memory");
-            }
-#else
-            for (g = 0; g < groups; ++g, x += 8, w += 4) {
-                int32_t wv, wl, wh;
-                memcpy(&wv, w, 4);
-                wl = __sxtb16(wv);
-                wh = bnn_sxtb16_ror8(wv);
-                a0 = __smlad(x[1], wh, __smlad(x[0], wl, a0));
-                a1 = __smlad(x[3], wh, __smlad(x[2], wl, a1));
-                a2 = __smlad(x[5], wh, __smlad(x[4], wl, a2));
-                a3 = __smlad(x[7], wh, __smlad(x[6], wl, a3));
-            }
-#endif
-            if (kind == BNN_OUT_AFFINE) { /* the channel's constants once for its 4 outputs */
-                const int32_t m = output->a_mult[o], s = output->a_shift[o];
-                const int64_t b = output->a_offset[o];
-                const int32_t lo = output->act_min, hi = output->act_max;
-#if BNN_AFFINE_FAST
-                if (full && s >= 32) {
-                    const int32_t k = s - 32;
-                    y[0] = (int8_t)bnn_affine_fast(a0, m, b, k);
-                    y[out_c] = (int8_t)bnn_affine_fast(a1, m, b, k);
-                    y[2 * out_c] = (int8_t)bnn_affine_fast(a2, m, b, k);
-                    y[3 * out_c] = (int8_t)bnn_affine_fast(a3, m, b, k);
-                    continue;
-                }
-#endif
-                y[0] = (int8_t)bnn_affine(a0, m, b, s, lo, hi);
-                y[out_c] = (int8_t)bnn_affine(a1, m, b, s, lo, hi);
-                y[2 * out_c] = (int8_t)bnn_affine(a2, m, b, s, lo, hi);
-                y[3 * out_c] = (int8_t)bnn_affine(a3, m, b, s, lo, hi);
-            } else if (kind == BNN_OUT_TFLITE) { /* likewise; the bias is in the sums */
-                const int32_t q = output->q_mult[o], s = output->q_shift[o];
-#if BNN_TFLITE_FAST
-                if (fast && bnn_tflite_fast_ok(q, s)) {
-                    (void)bnn_tflite_fast4(y, out_c, a0, a1, a2, a3, q, (int32_t)1 << (-s - 2),
-                                           -s - 1, zp);
-                    continue;
-                }
-#endif
-                y[0] = (int8_t)bnn_tflite_out(a0, 0, q, s, output);
-                y[out_c] = (int8_t)bnn_tflite_out(a1, 0, q, s, output);
-                y[2 * out_c] = (int8_t)bnn_tflite_out(a2, 0, q, s, output);
-                y[3 * out_c] = (int8_t)bnn_tflite_out(a3, 0, q, s, output);
-            } else {
-                const int32_t base = pix * out_c + o;
-                bnn_output_store_kind(kind, output, o, a0, out, base);
-                bnn_output_store_kind(kind, output, o, a1, out, base + out_c);
-                bnn_output_store_kind(kind, output, o, a2, out, base + 2 * out_c);
-                bnn_output_store_kind(kind, output, o, a3, out, base + 3 * out_c);
-            }
-        }
+        bnn_conv_x4_channels(kind, output, xb, groups, filter, in_c, 0, out_c, pix, out_c, out);
     }
     return pix;
 }
@@ -317,7 +337,8 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
 BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
                                           const bnn_output_t *output_in, const int8_t *in,
                                           int32_t in_w, int32_t in_c, const int8_t *filter,
-                                          int32_t out_h, int32_t out_w, int32_t out_c, void *out)
+                                          int32_t out_h, int32_t out_w, int32_t out_c, void *out,
+                                          int32_t *xb)
 {
     /* a local copy: the int8 stores below may alias *output, this cannot */
     const bnn_output_t local = *output_in;
@@ -326,7 +347,6 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
     const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
-    int32_t xb[BNN_PW_XBUF];
     int32_t pix = 0;
     if (groups <= BNN_PW_XBUF / 8) { /* blocks of 4 pixels first, then pairs */
         pix = bnn_conv_1x1x4(kind, params, output, in, in_w, in_c, filter, npix, out_w, out_c,
@@ -455,16 +475,18 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
     }
 }
 
-/* Largest window (KH * KW * C taps) the patch path takes: its int16 copy lives on the stack
- * (BNN_PATCH_MAX * 2 bytes). Larger windows take the tap-by-tap path. */
+/* Largest window (KH * KW * C taps) the patch path takes: its int16 copy (BNN_PATCH_MAX * 2
+ * bytes) lives in the pointwise path's buffer. Larger windows take the tap-by-tap path. */
 #define BNN_PATCH_MAX 288
+/* (C99 compile-time check: the patch fits the buffer) */
+typedef char bnn_patch_fits_buffer[2 * BNN_PATCH_MAX <= 4 * BNN_PW_XBUF ? 1 : -1];
 
 /* The 4 weights of group g of filter w (taps 4g .. 4g + 3) against the patch words: 2 SMLADs. */
 #define BNN_PATCH_MAC(acc, w, g)                                                               \
     do {                                                                                       \
         int32_t wv_;                                                                           \
         memcpy(&wv_, (w) + 4 * (g), 4);                                                        \
-        (acc) = bnn_pw_mac4((acc), p.word[2 * (g)], p.word[2 * (g) + 1], wv_);                \
+        (acc) = bnn_pw_mac4((acc), word[2 * (g)], word[2 * (g) + 1], wv_);                    \
     } while (0)
 
 /* n (1..4) bytes from w as a little-endian word, zero above (a filter's last, partial group,
@@ -507,6 +529,96 @@ static inline void bnn_patch_copy(int8_t *dst, const int8_t *src, int32_t n)
     }
 }
 
+/* The window of output pixel (oy, ox) as bytes in OHWI tap order into raw[0 .. taps): taps in
+ * the padding are the zero point. Interior windows copy whole kernel rows. */
+BNN_ALWAYS_INLINE void bnn_patch_gather(const bnn_conv_params_t *params, const int8_t *in,
+                                        int32_t in_h, int32_t in_w, int32_t in_c, int32_t kh,
+                                        int32_t kw, int32_t oy, int32_t ox, int8_t *raw)
+{
+    const int32_t y0 = oy * params->stride_h - params->pad_top;
+    const int32_t x0 = ox * params->stride_w - params->pad_left;
+    const int8_t zp8 = (int8_t)params->input_zero_point;
+    const int32_t row_bytes = kw * in_c;
+    int32_t i, j, k;
+    if (y0 >= 0 && x0 >= 0 && y0 + (kh - 1) * params->dilation_h < in_h &&
+        x0 + (kw - 1) * params->dilation_w < in_w && params->dilation_w == 1) {
+        for (i = 0; i < kh; ++i) { /* whole kernel rows are contiguous */
+            const int32_t iy = y0 + i * params->dilation_h;
+            bnn_patch_copy(raw + i * row_bytes, in + (size_t)((iy * in_w + x0) * in_c),
+                           row_bytes);
+        }
+        return;
+    }
+    k = 0;
+    for (i = 0; i < kh; ++i) {
+        const int32_t iy = y0 + i * params->dilation_h;
+        for (j = 0; j < kw; ++j, k += in_c) {
+            const int32_t ix = x0 + j * params->dilation_w;
+            if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
+                bnn_patch_copy(raw + k, in + (size_t)((iy * in_w + ix) * in_c), in_c);
+            } else {
+                memset(raw + k, zp8, (size_t)in_c);
+            }
+        }
+    }
+}
+
+/* Largest window (taps) of the 4-pixel small-window path: its expanded taps (8 words per
+ * group of 4 taps), the gathered bytes and the copy of the last filter (a word per group each)
+ * share the pointwise path's buffer (BNN_PW_XBUF words). */
+#define BNN_PATCH4_MAX (4 * (BNN_PW_XBUF / 10))
+
+/* Convolution of a small window (at most BNN_PATCH4_MAX taps) in blocks of 4 output pixels,
+ * Cortex-M7: each pixel's window is gathered as bytes (bnn_patch_gather; the taps that pad it
+ * to whole groups of 4 are the zero point), expanded into `xb` as int16 minus the zero point
+ * (SXTB16, SXTB16 ror 8, SSUB16), then bnn_conv_x4_channels with the filters' stride `taps`.
+ * The last filter's partial group would be read past the array: that channel reads a copy
+ * padded with zeros. Returns the first pixel not done. */
+BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                            const bnn_output_t *output, const int8_t *in,
+                                            int32_t in_h, int32_t in_w, int32_t in_c,
+                                            const int8_t *filter, int32_t kh, int32_t kw,
+                                            int32_t npix, int32_t out_w, int32_t out_c,
+                                            void *out, int32_t *xb)
+{
+    const int32_t taps = kh * kw * in_c;
+    const int32_t groups = (taps + 3) / 4;
+    const int32_t zp = params->input_zero_point;
+    const int32_t zp2 = bnn_s32_from_u32(((uint32_t)zp & 0xFFFFu) | ((uint32_t)zp << 16));
+    const int8_t *const last_filter = filter + (size_t)(out_c - 1) * (size_t)taps;
+    const int32_t split = taps % 4 != 0 ? out_c - 1 : out_c; /* channels read in place */
+    int8_t *const raw = (int8_t *)(xb + 8 * groups);        /* 4 * groups bytes */
+    int8_t *const last = (int8_t *)(xb + 9 * groups);       /* likewise */
+    int32_t pix, k;
+    memcpy(last, last_filter, (size_t)taps);
+    for (k = taps; k < 4 * groups; ++k) {
+        last[k] = 0;
+    }
+    for (pix = 0; pix + 4 <= npix; pix += 4) {
+        int32_t p, g;
+        for (p = 0; p < 4; ++p) {
+            const int32_t oy = (pix + p) / out_w;
+            int32_t *dst = xb + 2 * p;
+            bnn_patch_gather(params, in, in_h, in_w, in_c, kh, kw, oy, pix + p - oy * out_w, raw);
+            for (k = taps; k < 4 * groups; ++k) {
+                raw[k] = (int8_t)zp; /* 0 once the zero point is off */
+            }
+            for (g = 0; g < groups; ++g, dst += 8) {
+                int32_t v;
+                memcpy(&v, raw + 4 * g, 4);
+                dst[0] = __ssub16(__sxtb16(v), zp2);
+                dst[1] = __ssub16(bnn_sxtb16_ror8(v), zp2);
+            }
+        }
+        bnn_conv_x4_channels(kind, output, xb, groups, filter, taps, 0, split, pix, out_c, out);
+        if (split < out_c) {
+            bnn_conv_x4_channels(kind, output, xb, groups, last, taps, split, out_c, pix, out_c,
+                                 out);
+        }
+    }
+    return pix;
+}
+
 /* Output o of the pixel at `base` (int8 kinds: bnn_int8_out) */
 #define BNN_PATCH_STORE(o, acc)                                                                \
     do {                                                                                       \
@@ -532,16 +644,15 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                                            const bnn_output_t *output_in, const int8_t *in,
                                            int32_t in_h, int32_t in_w, int32_t in_c,
                                            const int8_t *filter, int32_t kh, int32_t kw,
-                                           int32_t out_h, int32_t out_w, int32_t out_c, void *out)
+                                           int32_t out_h, int32_t out_w, int32_t out_c, void *out,
+                                           int32_t pix0, int32_t *buf)
 {
     /* a local copy: the int8 stores below may alias *output, this cannot */
     const bnn_output_t local = *output_in;
     const bnn_output_t *const output = &local;
-    union { /* word access to pairs of taps (type punning through a union: C99 TC3) */
-        int32_t word[BNN_PATCH_MAX / 2];
-        int8_t byte[2 * BNN_PATCH_MAX];
-    } p;
-    int8_t *const raw = p.byte + BNN_PATCH_MAX; /* the gathered bytes: the upper half */
+    /* the patch: words of int16 tap pairs in buf, the gathered bytes in its upper half */
+    int32_t *const word = buf;
+    int8_t *const raw = (int8_t *)buf + BNN_PATCH_MAX;
     const int32_t taps = kh * kw * in_c;
     const int32_t groups = taps / 4;            /* whole groups */
     const int32_t all_groups = (taps + 3) / 4;  /* with the partial one */
@@ -549,45 +660,22 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
     const int32_t zp = params->input_zero_point;
     const int8_t zp8 = (int8_t)zp;
     const int32_t zp2 = bnn_s32_from_u32(((uint32_t)zp & 0xFFFFu) | ((uint32_t)zp << 16));
-    const int32_t row_bytes = kw * in_c;
     const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
-    int32_t oy, ox, k;
-    for (oy = 0; oy < out_h; ++oy) {
-        const int32_t y0 = oy * params->stride_h - params->pad_top;
-        for (ox = 0; ox < out_w; ++ox) {
-            const int32_t x0 = ox * params->stride_w - params->pad_left;
-            const int32_t base = (oy * out_w + ox) * out_c;
-            const int interior = y0 >= 0 && x0 >= 0 && y0 + (kh - 1) * params->dilation_h < in_h &&
-                                 x0 + (kw - 1) * params->dilation_w < in_w;
-            int32_t i, j, g, o = 0;
-            if (interior && params->dilation_w == 1) { /* whole kernel rows are contiguous */
-                for (i = 0; i < kh; ++i) {
-                    const int32_t iy = y0 + i * params->dilation_h;
-                    bnn_patch_copy(raw + i * row_bytes, in + (size_t)((iy * in_w + x0) * in_c),
-                                   row_bytes);
-                }
-            } else {
-                k = 0;
-                for (i = 0; i < kh; ++i) {
-                    const int32_t iy = y0 + i * params->dilation_h;
-                    for (j = 0; j < kw; ++j, k += in_c) {
-                        const int32_t ix = x0 + j * params->dilation_w;
-                        if (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) {
-                            bnn_patch_copy(raw + k, in + (size_t)((iy * in_w + ix) * in_c), in_c);
-                        } else {
-                            memset(raw + k, zp8, (size_t)in_c);
-                        }
-                    }
-                }
-            }
+    int32_t pix, k;
+    for (pix = pix0; pix < out_h * out_w; ++pix) {
+        {
+            const int32_t oy = pix / out_w, ox = pix - oy * out_w;
+            const int32_t base = pix * out_c;
+            int32_t g, o = 0;
+            bnn_patch_gather(params, in, in_h, in_w, in_c, kh, kw, oy, ox, raw);
             for (k = taps; k < 4 * all_groups; ++k) {
                 raw[k] = zp8; /* the group's padding taps: 0 once the zero point is off */
             }
             for (g = 0; g < all_groups; ++g) {
                 int32_t v;
                 memcpy(&v, raw + 4 * g, 4);
-                p.word[2 * g] = __ssub16(__sxtb16(v), zp2);
-                p.word[2 * g + 1] = __ssub16(bnn_sxtb16_ror8(v), zp2);
+                word[2 * g] = __ssub16(__sxtb16(v), zp2);
+                word[2 * g + 1] = __ssub16(bnn_sxtb16_ror8(v), zp2);
             }
             /* pairs of channels; the last pair's second filter is the array's last */
             if (all_groups == 7) { /* 25..28 taps (the 3x3x3 stems), unrolled */
@@ -613,7 +701,7 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                     } else {
                         wv = bnn_patch_tail_word(w1 + 24, tail);
                     }
-                    a1 = bnn_pw_mac4(a1, p.word[12], p.word[13], wv);
+                    a1 = bnn_pw_mac4(a1, word[12], word[13], wv);
                     BNN_PATCH_STORE(o, a0);
                     BNN_PATCH_STORE(o + 1, a1);
                 }
@@ -633,7 +721,7 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                     } else {
                         wv = bnn_patch_tail_word(w1 + 4 * groups, tail);
                     }
-                    a1 = bnn_pw_mac4(a1, p.word[2 * groups], p.word[2 * groups + 1], wv);
+                    a1 = bnn_pw_mac4(a1, word[2 * groups], word[2 * groups + 1], wv);
                 }
                 BNN_PATCH_STORE(o, a0);
                 BNN_PATCH_STORE(o + 1, a1);
@@ -645,7 +733,7 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                     BNN_PATCH_MAC(a0, w0, g);
                 }
                 if (tail != 0) {
-                    a0 = bnn_pw_mac4(a0, p.word[2 * groups], p.word[2 * groups + 1],
+                    a0 = bnn_pw_mac4(a0, word[2 * groups], word[2 * groups + 1],
                                      bnn_patch_tail_word(w0 + 4 * groups, tail));
                 }
                 BNN_PATCH_STORE(o, a0);
@@ -699,20 +787,32 @@ BNN_ALWAYS_INLINE bnn_status_t conv2d_s8_kind(bnn_out_kind_t kind, const bnn_con
     }
 
 #if BNN_USE_DSP
-    if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0 && in_c % 4 == 0 &&
-        in_c <= BNN_PW_XBUF) {
-        bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
-                           out);
-        return BNN_OK;
-    }
-    if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
-        bnn_conv_1x1_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c, out);
-        return BNN_OK;
-    }
-    if (filter_size * in_c <= BNN_PATCH_MAX) {
-        bnn_conv_patch_body(kind, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
-                            out_w, out_c, out);
-        return BNN_OK;
+    {
+        /* the expanded inputs of the pointwise and 4-pixel paths: one buffer for both */
+        int32_t xb[BNN_PW_XBUF];
+        if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0 &&
+            in_c % 4 == 0 && in_c <= BNN_PW_XBUF) {
+            bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
+                               out, xb);
+            return BNN_OK;
+        }
+        if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
+            bnn_conv_1x1_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
+                              out);
+            return BNN_OK;
+        }
+        if (filter_size * in_c <= BNN_PATCH_MAX) {
+            int32_t pix = 0;
+            if (filter_size * in_c <= BNN_PATCH4_MAX) {
+                /* a local copy: the int8 stores may alias *output, this cannot */
+                const bnn_output_t local = *output;
+                pix = bnn_conv_patch_x4(kind, params, &local, in, in_h, in_w, in_c, filter, kh,
+                                        kw, out_h * out_w, out_w, out_c, out, xb);
+            }
+            bnn_conv_patch_body(kind, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
+                                out_w, out_c, out, pix, xb);
+            return BNN_OK;
+        }
     }
 #endif
     for (oy = 0; oy < out_h; ++oy) {
