@@ -435,10 +435,11 @@ CONV_CASES: list[tuple[Geo, int, int, int]] = [
     (Geo(7, 7, 1, 1, stride=(2, 2)), 24, 16, 3),  # pointwise, stride 2, odd input
     (Geo(3, 5, 1, 1), 7, 5, -3),  # pointwise, odd channel counts, C < 8
     (Geo(3, 3, 1, 1), 128, 13, 99),  # pointwise expanded path: odd pixels and channels
-    (Geo(2, 3, 1, 1), 260, 6, -77),  # pointwise, C > 256: the path without the buffer
+    (Geo(2, 3, 1, 1), 260, 6, -77),  # pointwise, 256 < C <= 512: pairs, the 2 KB buffer
+    (Geo(2, 3, 1, 1), 516, 5, 33),  # pointwise, C > 512: the path without the buffer
     (Geo(2, 5, 1, 1), 12, 9, 17),  # 4-pixel blocks, then a pair; an odd number of groups
     (Geo(1, 7, 1, 1), 4, 3, -5),  # one 4-pixel block of a single group, then 3 pixels
-    (Geo(3, 3, 1, 1), 136, 5, 8),  # C > 128: pairs of pixels only
+    (Geo(3, 3, 1, 1), 136, 5, 8),  # 128 < C <= 256: 4-pixel blocks in the 2 KB buffer
     (Geo(6, 6, 1, 1, stride=(2, 2)), 40, 2, -128),  # strided 4-pixel blocks across rows
     (Geo(7, 7, 3, 3, stride=(2, 2), padding="same"), 3, 16, -128),  # stem: odd input, stride 2
     (Geo(6, 6, 3, 3, stride=(2, 2), padding="same"), 3, 16, 0),  # same, asymmetric (0, 1)

@@ -329,7 +329,8 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
     return pix;
 }
 
-/* Pointwise convolution with C a multiple of 4 (<= BNN_PW_XBUF), Cortex-M7: the two pixels of a
+/* Pointwise convolution with C a multiple of 4 (<= words, the size of xb), Cortex-M7: blocks of
+ * 4 pixels where 8 * C / 4 <= words (bnn_conv_1x1x4), then pairs of pixels: the two pixels of a
  * step are expanded once into int16 pairs (x - zero point: SXTAB16 and SXTAB16 ror 8, for each
  * group of 4 channels [x0 (0, 2), x0 (1, 3), x1 (0, 2), x1 (1, 3)]), so that every output
  * channel pair then costs per 4 input channels 4 loads of the expanded words, 2 weight loads,
@@ -338,7 +339,7 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
                                           const bnn_output_t *output_in, const int8_t *in,
                                           int32_t in_w, int32_t in_c, const int8_t *filter,
                                           int32_t out_h, int32_t out_w, int32_t out_c, void *out,
-                                          int32_t *xb)
+                                          int32_t *xb, int32_t words)
 {
     /* a local copy: the int8 stores below may alias *output, this cannot */
     const bnn_output_t local = *output_in;
@@ -348,7 +349,7 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
     const int32_t groups = in_c / 4;
     const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
     int32_t pix = 0;
-    if (groups <= BNN_PW_XBUF / 8) { /* blocks of 4 pixels first, then pairs */
+    if (groups <= words / 8) { /* blocks of 4 pixels first, then pairs (xb: `words` words) */
         pix = bnn_conv_1x1x4(kind, params, output, in, in_w, in_c, filter, npix, out_w, out_c,
                              out, xb);
     }
@@ -743,6 +744,64 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
 }
 #undef BNN_PATCH_MAC
 #undef BNN_PATCH_STORE
+
+/* The Cortex-M7 paths for a checked call: the fastest that applies; 0 when none does (the
+ * tap-by-tap loop then). xb: the expanded inputs of the pointwise and 4-pixel paths and the
+ * patch (`words` words). */
+BNN_ALWAYS_INLINE int bnn_conv_dsp(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+                                   const bnn_output_t *output, const int8_t *in, int32_t in_h,
+                                   int32_t in_w, int32_t in_c, const int8_t *filter, int32_t kh,
+                                   int32_t kw, int32_t out_h, int32_t out_w, int32_t out_c,
+                                   void *out, int32_t *xb, int32_t words)
+{
+    const int32_t taps = kh * kw * in_c; /* <= INT32_MAX: checked */
+    if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
+        if (in_c % 4 == 0 && in_c <= words) {
+            bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
+                               out, xb, words);
+        } else {
+            bnn_conv_1x1_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
+                              out);
+        }
+        return 1;
+    }
+    if (taps <= BNN_PATCH_MAX) {
+        int32_t pix = 0;
+        if (taps <= BNN_PATCH4_MAX) {
+            /* a local copy: the int8 stores may alias *output, this cannot */
+            const bnn_output_t local = *output;
+            pix = bnn_conv_patch_x4(kind, params, &local, in, in_h, in_w, in_c, filter, kh, kw,
+                                    out_h * out_w, out_w, out_c, out, xb);
+        }
+        bnn_conv_patch_body(kind, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
+                            out_w, out_c, out, pix, xb);
+        return 1;
+    }
+    return 0;
+}
+
+/* bnn_conv_dsp per output transform (so that the linker keeps the ones a network uses) and per
+ * buffer: BNN_PW_XBUF words, or BNN_PW_BIG for pointwise layers deeper than BNN_PW_XBUF / 2
+ * (their buffer is on the stack only while they run: networks without such layers never take
+ * it). */
+#define BNN_PW_BIG 512
+#define BNN_CONV_DSP_FN(name, KIND, WORDS)                                                     \
+    BNN_NOINLINE int name(const bnn_conv_params_t *params, const bnn_output_t *output,         \
+                          const int8_t *in, int32_t in_h, int32_t in_w, int32_t in_c,          \
+                          const int8_t *filter, int32_t kh, int32_t kw, int32_t out_h,         \
+                          int32_t out_w, int32_t out_c, void *out)                             \
+    {                                                                                          \
+        int32_t xb[WORDS];                                                                     \
+        return bnn_conv_dsp(KIND, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, \
+                            out_w, out_c, out, xb, WORDS);                                     \
+    }
+BNN_CONV_DSP_FN(bnn_conv_dsp_affine, BNN_OUT_AFFINE, BNN_PW_XBUF)
+BNN_CONV_DSP_FN(bnn_conv_dsp_tflite, BNN_OUT_TFLITE, BNN_PW_XBUF)
+BNN_CONV_DSP_FN(bnn_conv_dsp_float, BNN_OUT_FLOAT, BNN_PW_XBUF)
+BNN_CONV_DSP_FN(bnn_conv_dsp_big_affine, BNN_OUT_AFFINE, BNN_PW_BIG)
+BNN_CONV_DSP_FN(bnn_conv_dsp_big_tflite, BNN_OUT_TFLITE, BNN_PW_BIG)
+BNN_CONV_DSP_FN(bnn_conv_dsp_big_float, BNN_OUT_FLOAT, BNN_PW_BIG)
+#undef BNN_CONV_DSP_FN
 #endif
 
 /* The whole kernel for one output transform `kind` (the argument checks, then the fastest
@@ -788,29 +847,21 @@ BNN_ALWAYS_INLINE bnn_status_t conv2d_s8_kind(bnn_out_kind_t kind, const bnn_con
 
 #if BNN_USE_DSP
     {
-        /* the expanded inputs of the pointwise and 4-pixel paths: one buffer for both */
-        int32_t xb[BNN_PW_XBUF];
-        if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0 &&
-            in_c % 4 == 0 && in_c <= BNN_PW_XBUF) {
-            bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
-                               out, xb);
-            return BNN_OK;
+        /* pointwise, deeper than BNN_PW_XBUF / 2: the functions with the larger buffer */
+        const int big = kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0 &&
+                        in_c % 4 == 0 && in_c > BNN_PW_XBUF / 2 && in_c <= BNN_PW_BIG;
+        int done;
+        if (kind == BNN_OUT_AFFINE) {
+            done = (big ? bnn_conv_dsp_big_affine : bnn_conv_dsp_affine)(
+                params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w, out_c, out);
+        } else if (kind == BNN_OUT_TFLITE) {
+            done = (big ? bnn_conv_dsp_big_tflite : bnn_conv_dsp_tflite)(
+                params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w, out_c, out);
+        } else {
+            done = (big ? bnn_conv_dsp_big_float : bnn_conv_dsp_float)(
+                params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w, out_c, out);
         }
-        if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
-            bnn_conv_1x1_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
-                              out);
-            return BNN_OK;
-        }
-        if (filter_size * in_c <= BNN_PATCH_MAX) {
-            int32_t pix = 0;
-            if (filter_size * in_c <= BNN_PATCH4_MAX) {
-                /* a local copy: the int8 stores may alias *output, this cannot */
-                const bnn_output_t local = *output;
-                pix = bnn_conv_patch_x4(kind, params, &local, in, in_h, in_w, in_c, filter, kh,
-                                        kw, out_h * out_w, out_w, out_c, out, xb);
-            }
-            bnn_conv_patch_body(kind, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
-                                out_w, out_c, out, pix, xb);
+        if (done) {
             return BNN_OK;
         }
     }
