@@ -37,9 +37,9 @@ from bnncube.validation.kernel_calls import run_graph_c  # noqa: E402
 # assembly, VCVTA/VCVTN quantization). The budgets leave 2% for compiler differences; lower them
 # when the kernels get faster (issue 8's targets are 14 M and 30 M). Third session (the Add in
 # assembly, the stems' byte gather, the TFLite store's 32-bit clamp): 32.02 M and 66.84 M.
-# Fourth (pointwise in blocks of 4 pixels, the fast TFLite and affine stores): 28.89 M and
-# 50.56 M.
-BUDGETS = {"hybrid": 29_470_000, "mnv2_i8": 51_570_000}
+# Fourth (pointwise and the stems in blocks of 4 pixels, the fast TFLite and affine stores, the
+# TFLite Add by tables): 27.92 M and 44.23 M.
+BUDGETS = {"hybrid": 28_490_000, "mnv2_i8": 45_120_000}
 
 
 @pytest.fixture(scope="module", params=["host", "m7"])

@@ -35,13 +35,13 @@ from bnncube.validation.perf_targets import (  # noqa: E402
 # Executed instructions of each hot layer of the zoo hybrid (conftest's hybrid_h5, input seed 0),
 # DSP paths, -O2: the counts measured at the end of issue 8's fourth session, rounded up by about
 # 0.5%. Per MAC then: res1_bconv 0.80 and res3_bconv 0.50 (target 0.30 per binary MAC), head_pw
-# 1.29 (target 1.3: met) and trans1_pw 2.00 (target 1.3), stem_dw 5.13 and trans1_dw 5.18
+# 1.30 (target 1.3: met) and trans1_pw 2.05 (target 1.3), stem_dw 5.13 and trans1_dw 5.18
 # (target 3).
 BUDGETS: dict[str, int] = {
     "res1_bconv": 6_395_000,
     "res3_bconv": 2_664_000,
-    "head_pw": 1_911_000,
-    "trans1_pw": 667_100,
+    "head_pw": 1_926_400,
+    "trans1_pw": 683_300,
     "stem_dw": 1_710_600,
     "trans1_dw": 648_300,
 }

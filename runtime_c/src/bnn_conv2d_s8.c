@@ -21,14 +21,20 @@
  * bnn_window_ok); ctx may be NULL (no scratch is used). Anything else: BNN_ERROR_ARGUMENT,
  * with nothing written.
  *
- * Cortex-M7 (__ARM_FEATURE_DSP, unless BNN_FORCE_PLAIN_C), fastest applicable path first:
- *  - pointwise (1x1, no padding), C a multiple of 4 up to BNN_PW_XBUF: two pixels' inputs
- *    expanded once to int16 pairs, two pixels x two channels per step (SMLAD; the inner loop in
- *    assembly when optimizing), bnn_conv_1x1x_body;
- *  - other pointwise: the same blocking reading the int8 inputs directly, bnn_conv_1x1_body;
- *  - a window of at most BNN_PATCH_MAX taps (KH * KW * C): an int16 patch per pixel,
- *    bnn_conv_patch_body;
+ * Cortex-M7 (__ARM_FEATURE_DSP, unless BNN_FORCE_PLAIN_C), fastest applicable path first, in
+ * functions of their own per output transform with a stack buffer for the expanded inputs
+ * (bnn_conv_dsp_*: 1 KB; bnn_conv_dsp_big_*: 2 KB, only for pointwise layers deeper than 128):
+ *  - pointwise (1x1, no padding), C a multiple of 4: blocks of 4 pixels (C <= 256; inputs
+ *    expanded once to int16 pairs, then per output channel an assembly loop of LDMs and SMLADs
+ *    and the 4 outputs stored with the channel's constants read once, bnn_conv_x4_channels),
+ *    then pairs of pixels x pairs of channels (C <= 512), bnn_conv_1x1x_body;
+ *  - other pointwise: pairs reading the int8 inputs directly, bnn_conv_1x1_body;
+ *  - a window of at most BNN_PATCH4_MAX taps (KH * KW * C; the stems): the same 4-pixel blocks
+ *    on each pixel's gathered window, bnn_conv_patch_x4, the last pixels as the next path;
+ *  - a window of at most BNN_PATCH_MAX taps: an int16 patch per pixel, bnn_conv_patch_body;
  *  - anything else: tap by tap, 4 channels per step (bnn_dot_s8).
+ * The int8 outputs go through bnn_tflite_fast / bnn_affine_fast (bnn_requant.h) where they
+ * apply (the full int8 range, the usual shifts), else through the C transforms.
  * Every path sums the same products modulo 2^32: bit-exact with the plain C path.
  * Each path is compiled once per output transform (bnn_conv2d_s8_affine / _tflite / _float,
  * which generated code calls, so that the linker keeps only the transforms a network uses);
@@ -134,8 +140,8 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1_body(bnn_out_kind_t kind, const bnn_conv_par
 }
 #undef BNN_PW_STORE
 
-/* Largest input depth of the expanded pointwise path: its buffer (2 pixels, int16) lives on the
- * stack (4 * BNN_PW_XBUF bytes). Blocks of 4 pixels take depths up to BNN_PW_XBUF / 2. */
+/* Words of the buffer of the expanded inputs (bnn_conv_dsp_*): pairs of pixels take depths up
+ * to BNN_PW_XBUF, blocks of 4 pixels up to BNN_PW_XBUF / 2. */
 #define BNN_PW_XBUF 256
 
 /* The input pointer of output pixel `pix` of a pointwise convolution. */
