@@ -685,34 +685,6 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
                 word[2 * g + 1] = __ssub16(bnn_sxtb16_ror8(v), zp2);
             }
             /* pairs of channels; the last pair's second filter is the array's last */
-            if (all_groups == 7) { /* 25..28 taps (the 3x3x3 stems), unrolled */
-                for (; o + 2 <= out_c; o += 2) {
-                    const int8_t *w0 = filter + (size_t)o * (size_t)taps;
-                    const int8_t *w1 = w0 + taps;
-                    int32_t a0 = 0, a1 = 0, wv;
-                    BNN_PATCH_MAC(a0, w0, 0);
-                    BNN_PATCH_MAC(a1, w1, 0);
-                    BNN_PATCH_MAC(a0, w0, 1);
-                    BNN_PATCH_MAC(a1, w1, 1);
-                    BNN_PATCH_MAC(a0, w0, 2);
-                    BNN_PATCH_MAC(a1, w1, 2);
-                    BNN_PATCH_MAC(a0, w0, 3);
-                    BNN_PATCH_MAC(a1, w1, 3);
-                    BNN_PATCH_MAC(a0, w0, 4);
-                    BNN_PATCH_MAC(a1, w1, 4);
-                    BNN_PATCH_MAC(a0, w0, 5);
-                    BNN_PATCH_MAC(a1, w1, 5);
-                    BNN_PATCH_MAC(a0, w0, 6);
-                    if (o + 2 < out_c || tail == 0) {
-                        memcpy(&wv, w1 + 24, 4);
-                    } else {
-                        wv = bnn_patch_tail_word(w1 + 24, tail);
-                    }
-                    a1 = bnn_pw_mac4(a1, word[12], word[13], wv);
-                    BNN_PATCH_STORE(o, a0);
-                    BNN_PATCH_STORE(o + 1, a1);
-                }
-            }
             for (; o + 2 <= out_c; o += 2) {
                 const int8_t *w0 = filter + (size_t)o * (size_t)taps;
                 const int8_t *w1 = w0 + taps;
@@ -761,6 +733,11 @@ BNN_ALWAYS_INLINE int bnn_conv_dsp(bnn_out_kind_t kind, const bnn_conv_params_t 
                                    void *out, int32_t *xb, int32_t words)
 {
     const int32_t taps = kh * kw * in_c; /* <= INT32_MAX: checked */
+    if (words > BNN_PW_XBUF) { /* the big buffer: deep pointwise layers only */
+        bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
+                           out, xb, words);
+        return 1;
+    }
     if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
         if (in_c % 4 == 0 && in_c <= words) {
             bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
