@@ -625,7 +625,8 @@ def test_depthwise_affine_ties(backend: Any) -> None:
     c = 8
     x = _int8(rng, (1, 9, 9, c))
     w = rng.integers(-3, 4, size=(1, 3, 3, c)).astype(np.int8)
-    m = np.asarray([2.0**-2, -(2.0**-3), 2.0**-4, -(2.0**-5), 2.0**-2, 2.0**-3, -(2.0**-4), 2.0**-6])
+    m = np.asarray([2.0**-2, -(2.0**-3), 2.0**-4, -(2.0**-5), 2.0**-2, 2.0**-3, -(2.0**-4)])
+    m = np.append(m, 2.0**-6)
     b = np.asarray([0.5, -3.0, 7.5, 0.25, -0.5, 100.0, -0.5, 1.5])
     mult, shift, offset = affine_constants(m, b, 9 * 255 * 3, "test")
     assert shift.min() >= 32
@@ -1551,13 +1552,14 @@ def test_depthwise_tflite_every_multiplier_and_shift(
 def test_pointwise_tflite_every_multiplier_and_shift(
     backend: Any, act: tuple[int, int, int]
 ) -> None:
-    """The TFLite stores of the pointwise paths (4-pixel blocks, then pairs) on extreme
-    per-channel constants (255 pixels: 63 blocks of 4, a pair, one), against the reference's MultiplyByQuantizedMultiplier. With the full
-    int8 range the M7 takes its 9-instruction store for every channel with a multiplier > 0 and
-    a shift <= -2, and the C store for the rest (INT32_MIN, a negative multiplier, shifts -1 ..
-    3); a narrow range takes the C store throughout. Channels 1-7 land mostly inside int8, so
-    that the roundings (ties included) decide the result; biases at both ends of int32 make
-    acc + bias wrap (channel 0) or reach the ends of the 64-bit product (channels 9, 10)."""
+    """The TFLite stores of the pointwise paths (255 pixels: 63 blocks of 4, a pair, one) on
+    extreme per-channel constants, against the reference's MultiplyByQuantizedMultiplier. With
+    the full int8 range the M7 takes its 9-instruction store for every channel with a multiplier
+    > 0 and a shift <= -2, and the C store for the rest (INT32_MIN, a negative multiplier,
+    shifts -1 .. 3); a narrow range takes the C store throughout. Channels 1-7 land mostly
+    inside int8, so that the roundings (ties included) decide the result; biases at both ends of
+    int32 make acc + bias wrap (channel 0) or reach the ends of the 64-bit product (channels 9,
+    10)."""
     from bnncube.converters.reference import multiply_by_quantized_multiplier
 
     lo, hi, zp_out = act
