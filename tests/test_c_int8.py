@@ -565,6 +565,29 @@ def test_dense(backend: Any, case: tuple[int, int, int], kind: str) -> None:
     _assert_same(out, expected)
 
 
+def _affine_exact_output(m: np.ndarray, b: np.ndarray, acc_bound: int) -> MacOutput:
+    """An affine output (full int8 range) for real multipliers m and offsets b that the
+    constants represent exactly (powers of two, (half-)integers): many results are ties."""
+    c = m.size
+    mult, shift, offset = affine_constants(m, b, acc_bound, "test")
+    consts = [
+        Tensor("multiplier", (c,), "int32", data=mult),
+        Tensor("shift", (c,), "int8", data=shift),
+        Tensor("offset", (c,), "int64", data=offset),
+    ]
+    struct = Struct(
+        "bnn_output_t",
+        kind=OUT_AFFINE,
+        a_mult=mult,
+        a_shift=shift,
+        a_offset=rounding_ready(offset, shift),
+        act_min=-128,
+        act_max=127,
+    )
+    attrs = {"output_transform": "affine", "clamp": (-128, 127)}
+    return MacOutput("affine", consts, attrs, "int8", Quant.per_tensor(1.0, 0), np.ones(c), struct)
+
+
 @pytest.mark.parametrize("depth", [1, 4])
 def test_affine_ties(backend: Any, depth: int) -> None:
     """QKeras without BatchNorm: power-of-two multipliers and (half-)integer offsets are exact,
@@ -578,23 +601,7 @@ def test_affine_ties(backend: Any, depth: int) -> None:
     w[:, 0, 0, 0] = [1, -1, 3, -3, 1, 2, -1, 5]
     m = np.asarray([2.0**-1, 2.0**-2, -(2.0**-3), 2.0**-1, -(2.0**-4), 2.0**-2, 2.0**-1, 1.0])
     b = np.asarray([0.0, 0.5, -3.0, 7.5, 0.25, -0.5, 100.0, -0.5])
-    mult, shift, offset = affine_constants(m, b, 255 * 128, "test")
-    consts = [
-        Tensor("multiplier", (8,), "int32", data=mult),
-        Tensor("shift", (8,), "int8", data=shift),
-        Tensor("offset", (8,), "int64", data=offset),
-    ]
-    struct = Struct(
-        "bnn_output_t",
-        kind=OUT_AFFINE,
-        a_mult=mult,
-        a_shift=shift,
-        a_offset=rounding_ready(offset, shift),
-        act_min=-128,
-        act_max=127,
-    )
-    attrs = {"output_transform": "affine", "clamp": (-128, 127)}
-    mac = MacOutput("affine", consts, attrs, "int8", Quant.per_tensor(1.0, 0), np.ones(8), struct)
+    mac = _affine_exact_output(m, b, 255 * 128)
     expected = _mac_case("Conv2D", x, 3, w, 0, (1, 16, 16, 8), mac, {})
     acc = (x[..., 0].reshape(-1, 1).astype(np.int64) - 3) * w[:, 0, 0, 0].reshape(1, 8)
     real = acc * m + b
@@ -605,7 +612,7 @@ def test_affine_ties(backend: Any, depth: int) -> None:
         "bnn_conv2d_s8",
         _ctx(),
         Geo(16, 16, 1, 1).params(3),
-        struct,
+        mac.struct,
         dims(*x.shape),
         x,
         dims(*w.shape),
@@ -628,24 +635,8 @@ def test_depthwise_affine_ties(backend: Any) -> None:
     m = np.asarray([2.0**-2, -(2.0**-3), 2.0**-4, -(2.0**-5), 2.0**-2, 2.0**-3, -(2.0**-4)])
     m = np.append(m, 2.0**-6)
     b = np.asarray([0.5, -3.0, 7.5, 0.25, -0.5, 100.0, -0.5, 1.5])
-    mult, shift, offset = affine_constants(m, b, 9 * 255 * 3, "test")
-    assert shift.min() >= 32
-    consts = [
-        Tensor("multiplier", (c,), "int32", data=mult),
-        Tensor("shift", (c,), "int8", data=shift),
-        Tensor("offset", (c,), "int64", data=offset),
-    ]
-    struct = Struct(
-        "bnn_output_t",
-        kind=OUT_AFFINE,
-        a_mult=mult,
-        a_shift=shift,
-        a_offset=rounding_ready(offset, shift),
-        act_min=-128,
-        act_max=127,
-    )
-    attrs = {"output_transform": "affine", "clamp": (-128, 127)}
-    mac = MacOutput("affine", consts, attrs, "int8", Quant.per_tensor(1.0, 0), np.ones(c), struct)
+    mac = _affine_exact_output(m, b, 9 * 255 * 3)
+    assert mac.struct.fields["a_shift"].min() >= 32
     geo = Geo(9, 9, 3, 3, padding="same")
     dw_attrs = {**geo.attrs(), "depth_multiplier": 1}
     expected = _mac_case("DepthwiseConv2D", x, -1, w, 3, (1, 9, 9, c), mac, dw_attrs)
@@ -730,6 +721,28 @@ def _add_tensors(
     return a_t, b_t, y_t, (s_a, zp_a), (s_b, zp_b), (s_o, zp_o)
 
 
+def _add_tflite_params(case: tuple[Any, ...]) -> Struct:
+    """The bnn_add_params_t of a TFLite Add from (za, zb, left_shift, (qa, sa), (qb, sb),
+    (qo, so), zo, (act_min, act_max))."""
+    za, zb, ls, (qa, sa), (qb, sb), (qo, so), zo, (lo, hi) = case
+    return Struct(
+        "bnn_add_params_t",
+        kind=OUT_TFLITE,
+        a_zero_point=za,
+        b_zero_point=zb,
+        left_shift=ls,
+        a_mult=qa,
+        a_shift=sa,
+        b_mult=qb,
+        b_shift=sb,
+        out_mult=qo,
+        out_shift=so,
+        out_zero_point=zo,
+        act_min=lo,
+        act_max=hi,
+    )
+
+
 @pytest.mark.parametrize("case", ADD_CASES, ids=lambda c: "x".join(map(str, c[0])) + c[-1])
 def test_add_tflite(backend: Any, case: tuple[Any, ...]) -> None:
     a_t, b_t, y_t, (s_a, zp_a), (s_b, zp_b), (s_o, zp_o) = _add_tensors(case)
@@ -744,22 +757,7 @@ def test_add_tflite(backend: Any, case: tuple[Any, ...]) -> None:
     qb, sb = quantize_multiplier(_f32(s_b) / twice_max)
     qo, so = quantize_multiplier(twice_max / _f32((1 << 20) * np.float32(s_o)))
     lo, hi = activation_range(act, y_t.quant)
-    params = Struct(
-        "bnn_add_params_t",
-        kind=OUT_TFLITE,
-        a_zero_point=zp_a,
-        b_zero_point=zp_b,
-        left_shift=20,
-        a_mult=qa,
-        a_shift=sa,
-        b_mult=qb,
-        b_shift=sb,
-        out_mult=qo,
-        out_shift=so,
-        out_zero_point=zp_o,
-        act_min=lo,
-        act_max=hi,
-    )
+    params = _add_tflite_params((zp_a, zp_b, 20, (qa, sa), (qb, sb), (qo, so), zp_o, (lo, hi)))
     out = _sentinel(a.shape, np.int8)
     assert backend.call("bnn_add_s8", params, a.size, a, b, out) == BNN_OK
     _assert_same(out, expected)
@@ -796,22 +794,7 @@ def test_add_tflite_every_pair(backend: Any, case: tuple[Any, ...]) -> None:
     scaled = np.asarray(mbqm(wrap(sa_ + sb_), qo, so), np.int64)
     expected = np.clip(scaled + zo, lo, hi).astype(np.int8)
     assert len(np.unique(expected)) > 20  # not a clamp everywhere
-    params = Struct(
-        "bnn_add_params_t",
-        kind=OUT_TFLITE,
-        a_zero_point=za,
-        b_zero_point=zb,
-        left_shift=ls,
-        a_mult=qa,
-        a_shift=sa,
-        b_mult=qb,
-        b_shift=sb,
-        out_mult=qo,
-        out_shift=so,
-        out_zero_point=zo,
-        act_min=lo,
-        act_max=hi,
-    )
+    params = _add_tflite_params(case)
     out = _sentinel(a.shape, np.int8)
     assert backend.call("bnn_add_s8", params, a.size, a, b, out) == BNN_OK
     _assert_same(out, expected)

@@ -153,6 +153,23 @@ BNN_ALWAYS_INLINE const int8_t *bnn_pw_pixel(const bnn_conv_params_t *params, co
     return in + (size_t)((y * params->stride_h * in_w + x * params->stride_w) * in_c);
 }
 
+/* One group of 4 taps for the 4 pixels (bnn_conv_x4_channels' assembly): the weight word
+ * expanded by SXTB16, the 8 expanded input words by two LDMs, 8 SMLADs. */
+#define BNN_X4_GROUP                                                                           \
+    "ldr     %[wh], [%[w]], #4\n\t"                                                             \
+    "sxtb16  %[wl], %[wh]\n\t"                                                                 \
+    "sxtb16  %[wh], %[wh], ror #8\n\t"                                                         \
+    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"                                                      \
+    "smlad   %[a0], r4, %[wl], %[a0]\n\t"                                                      \
+    "smlad   %[a0], r5, %[wh], %[a0]\n\t"                                                      \
+    "smlad   %[a1], r6, %[wl], %[a1]\n\t"                                                      \
+    "smlad   %[a1], r8, %[wh], %[a1]\n\t"                                                      \
+    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"                                                      \
+    "smlad   %[a2], r4, %[wl], %[a2]\n\t"                                                      \
+    "smlad   %[a2], r5, %[wh], %[a2]\n\t"                                                      \
+    "smlad   %[a3], r6, %[wl], %[a3]\n\t"                                                      \
+    "smlad   %[a3], r8, %[wh], %[a3]\n\t"
+
 /* The output channels of a block of 4 output pixels (from `pix`) whose inputs are expanded in
  * `xb`, per group of 4 taps [p0 (0, 2), p0 (1, 3), p1 (0, 2), ..., p3 (1, 3)] (int16, minus the
  * zero point), Cortex-M7: each output channel takes per group one weight load, 2 SXTB16, the 8
@@ -198,32 +215,7 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
                     "cmp     %[x], %[wl]\n\t"
                     "bhi     2f\n"
                     "1:\n\t"
-                    "ldr     %[wh], [%[w]], #4\n\t"
-                    "sxtb16  %[wl], %[wh]\n\t"
-                    "sxtb16  %[wh], %[wh], ror #8\n\t"
-                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
-                    "smlad   %[a0], r4, %[wl], %[a0]\n\t"
-                    "smlad   %[a0], r5, %[wh], %[a0]\n\t"
-                    "smlad   %[a1], r6, %[wl], %[a1]\n\t"
-                    "smlad   %[a1], r8, %[wh], %[a1]\n\t"
-                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
-                    "smlad   %[a2], r4, %[wl], %[a2]\n\t"
-                    "smlad   %[a2], r5, %[wh], %[a2]\n\t"
-                    "smlad   %[a3], r6, %[wl], %[a3]\n\t"
-                    "smlad   %[a3], r8, %[wh], %[a3]\n\t"
-                    "ldr     %[wh], [%[w]], #4\n\t"
-                    "sxtb16  %[wl], %[wh]\n\t"
-                    "sxtb16  %[wh], %[wh], ror #8\n\t"
-                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
-                    "smlad   %[a0], r4, %[wl], %[a0]\n\t"
-                    "smlad   %[a0], r5, %[wh], %[a0]\n\t"
-                    "smlad   %[a1], r6, %[wl], %[a1]\n\t"
-                    "smlad   %[a1], r8, %[wh], %[a1]\n\t"
-                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
-                    "smlad   %[a2], r4, %[wl], %[a2]\n\t"
-                    "smlad   %[a2], r5, %[wh], %[a2]\n\t"
-                    "smlad   %[a3], r6, %[wl], %[a3]\n\t"
-                    "smlad   %[a3], r8, %[wh], %[a3]\n\t"
+                    BNN_X4_GROUP BNN_X4_GROUP
                     "ldr     %[wl], [sp]\n\t"
                     "cmp     %[x], %[wl]\n\t"
                     "bls     1b\n"
@@ -232,19 +224,7 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
                     "add     %[wl], %[wl], #64\n\t" /* the end */
                     "cmp     %[x], %[wl]\n\t"
                     "bhs     3f\n\t"
-                    "ldr     %[wh], [%[w]], #4\n\t"
-                    "sxtb16  %[wl], %[wh]\n\t"
-                    "sxtb16  %[wh], %[wh], ror #8\n\t"
-                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
-                    "smlad   %[a0], r4, %[wl], %[a0]\n\t"
-                    "smlad   %[a0], r5, %[wh], %[a0]\n\t"
-                    "smlad   %[a1], r6, %[wl], %[a1]\n\t"
-                    "smlad   %[a1], r8, %[wh], %[a1]\n\t"
-                    "ldmia   %[x]!, {r4, r5, r6, r8}\n\t"
-                    "smlad   %[a2], r4, %[wl], %[a2]\n\t"
-                    "smlad   %[a2], r5, %[wh], %[a2]\n\t"
-                    "smlad   %[a3], r6, %[wl], %[a3]\n\t"
-                    "smlad   %[a3], r8, %[wh], %[a3]\n"
+                    BNN_X4_GROUP
                     "3:\n\t"
                     "add     sp, sp, #8\n\t"
                     : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3),
@@ -304,6 +284,7 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
         }
     }
 }
+#undef BNN_X4_GROUP
 
 /* Pointwise convolution in blocks of 4 output pixels, Cortex-M7, for C a multiple of 4 up to
  * BNN_PW_XBUF / 2: the 4 pixels' inputs are expanded once into `xb`, then
