@@ -297,7 +297,7 @@ BNN_ALWAYS_INLINE void bnn_bconv2d_emit(const bnn_bconv2d_geom_t *g, const bnn_o
         const int32_t *mult = output->a_mult + o0;
         const int64_t *offset = output->a_offset + o0;
         const int8_t *shift = output->a_shift + o0;
-        /* (the C loop: bnn_affine_run costs 6% more here, measured on res1_bconv) */
+        /* (the C loop: with bnn_affine_run, res1_bconv took 1.8% more, measured) */
         const int32_t lo = output->act_min, hi = output->act_max;
         for (k = 0; k < n; ++k) {
             dst[k] = (int8_t)bnn_affine(acc[k], mult[k], offset[k], shift[k], lo, hi);
