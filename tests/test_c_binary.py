@@ -771,9 +771,15 @@ def test_grid_constants_cover_every_case() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _add_graph(shape: tuple[int, ...], kind: str, rng: np.random.Generator) -> tuple[Graph, Op]:
+def _add_graph(
+    shape: tuple[int, ...],
+    kind: str,
+    rng: np.random.Generator,
+    affine: tuple[tuple[int, int], int, int] | None = None,
+) -> tuple[Graph, Op]:
     """A one-op IR graph: y = Add(a, b) of int8 tensors of ``shape``; ``kind`` "affine_hi"
-    (shift >= 32), "affine_lo" (shift < 32) or "tflite"."""
+    (shift >= 32), "affine_lo" (shift < 32) or "tflite". ``affine``: the affine Add's
+    ``((M0, M1), shift, offset)`` with the full int8 range, in place of random ones."""
     from bnncube.converters.ir import Quant
 
     g = Graph("add")
@@ -788,12 +794,16 @@ def _add_graph(shape: tuple[int, ...], kind: str, rng: np.random.Generator) -> t
         mult = rng.integers(-(1 << (shift - 8)), 1 << (shift - 8), 2).astype(np.int32)
         mult = np.clip(mult, -(2**31), 2**31 - 1).astype(np.int32)
         offset = int(rng.integers(-(1 << (shift + 4)), 1 << (shift + 4)))
+        clamp = (-100, 90) if shift % 2 else (-128, 127)
+        if affine is not None:
+            (m0, m1), shift, offset = affine
+            mult, clamp = np.asarray([m0, m1], np.int32), (-128, 127)
         inputs += [
             g.add_const("mult", mult, "int32"),
             g.add_const("shift", np.asarray([shift], np.int8), "int8"),
             g.add_const("offset", np.asarray([offset], np.int64), "int64"),
         ]
-        attrs = {"output_transform": "affine", "clamp": (-100, 90) if shift % 2 else (-128, 127)}
+        attrs = {"output_transform": "affine", "clamp": clamp}
     op = g.add_op(Op("add", "Add", inputs, ["y"], attrs))
     g.inputs, g.outputs = ["a", "b"], ["y"]
     return g, op
@@ -826,6 +836,81 @@ def test_bconv_add(backend: Any, add_kind: str) -> None:
             assert np.all(out[n:] == 0x5A), f"{case}: wrote past the output"
             assert backend.call("bnn_bconv2d_add", *call, flat, flat) == BNN_OK
             assert np.array_equal(flat.reshape(want.shape), want), f"{case}: in place"
+
+
+def _fast_store_conv_constants(
+    o: int, k_all: int, shift_class: str, rng: np.random.Generator
+) -> tuple[tuple[str, np.ndarray, str], ...]:
+    """Affine constants of a binary conv whose every shift is 16..31 ("lo") or >= 32 ("hi"):
+    the usual channels (output ~ m * acc + b over the int8 range), exact ties (t / 2^S = acc /
+    4 + k / 2 or acc / 8 + k / 2), and extremes (the int32 ends of the multiplier, offsets near
+    the contract's +-2^62)."""
+    sign = rng.choice([-1.0, 1.0], size=o)
+    scale = rng.uniform(0.6, 6.0, o) if shift_class == "lo" else rng.uniform(0.02, 0.45, o)
+    m = sign * scale * (40.0 / np.sqrt(k_all) if shift_class == "lo" else 1.0)
+    b = rng.uniform(-60.0, 60.0, size=o)
+    mult, shift, offset = affine_constants(m, b, k_all, "test")
+    for ch in range(o - 8, o):  # ties
+        s = int(rng.integers(18, 32)) if shift_class == "lo" else int(rng.integers(32, 34))
+        shift[ch] = s
+        mult[ch] = (1 << (s - 2)) if shift_class == "lo" else (1 << 30)
+        offset[ch] = int(rng.integers(-200, 200)) << (s - 1)
+    extremes = [(2**31 - 1, 16, 2**61), (-(2**31), 31, -(2**61)), (2**31 - 1, 31, 0)]
+    if shift_class == "hi":
+        extremes = [(2**31 - 1, 32, 2**61), (-(2**31), 62, 2**62 - 2**61 - 1), (1, 62, -(2**61))]
+    for ch, (mu, s, off) in enumerate(extremes):
+        mult[ch], shift[ch], offset[ch] = mu, s, off
+    lo_s, hi_s = (16, 31) if shift_class == "lo" else (32, 62)
+    assert lo_s <= shift.min() and shift.max() <= hi_s
+    return (("multiplier", mult, "int32"), ("shift", shift, "int8"), ("offset", offset, "int64"))
+
+
+# The affine Add's constants ((M0, M1), shift, offset) per shift class: usual, exact ties (the
+# sum is (a - za) / 2 + (b - zb) / 2 + k / 2, or quarters), and extremes that saturate
+FAST_STORE_ADDS = {
+    "lo": [((1 << 29, -(1 << 28)), 30, 3 << 27), ((1 << 19, 1 << 19), 20, 5 << 19),
+           ((2**31 - 1, -(2**31)), 16, 0), ((1 << 30, 1 << 30), 31, -(7 << 30))],
+    "hi": [((1 << 30, 1 << 30), 32, 3 << 31), ((2**31 - 1, 1 << 29), 33, -(1 << 32)),
+           ((-(2**31), 2**31 - 1), 62, 2**61), ((1 << 30, -(1 << 30)), 34, 0),
+           ((2**31 - 1, -(2**31)), 32, 60 << 32)],
+}
+
+
+@pytest.mark.parametrize("add_class", ["lo", "hi"])
+@pytest.mark.parametrize("conv_class", ["lo", "hi"])
+def test_bconv_add_fast_stores(backend: Any, conv_class: str, add_class: str) -> None:
+    """bnn_bconv2d_add where the Cortex-M7 runs the conv's store and the Add in one assembly
+    pass (bnn_bconv2d_sum_asm): every conv shift 16..31 ("lo") or every one >= 32 ("hi"), the
+    Add's shift in the same classes, full int8 ranges. Usual, tied and extreme constants in
+    both roundings, 37 channels (a block of 32 and one of 5), into a separate buffer and in
+    place; on the ``m7`` build the assembly pass must have run."""
+    from bnncube.validation.kernel_calls import _add_params
+
+    base = Case(5, 6, 24, 37, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine", seed=3)
+    data = case_data(base)
+    rng = np.random.default_rng([7, conv_class == "hi", add_class == "hi"])
+    consts = _fast_store_conv_constants(base.o, base.k_all, conv_class, rng)
+    conv_out = reference_bconv(base, data.x_packed, data.w_pm1, consts)
+    assert len(np.unique(conv_out)) > 100, "mostly rounded, not clamped"
+    args = call_args(base, data)
+    args[2] = output_struct(base, consts)
+    profiled = "bnn_bconv2d_sum_asm" in getattr(getattr(backend, "image", None), "functions", {})
+    for affine in FAST_STORE_ADDS[add_class]:
+        g, op = _add_graph(conv_out.shape, "affine", rng, affine)
+        residual = rng.integers(-128, 128, conv_out.shape).astype(np.int8)
+        want = np.asarray(OPS["Add"](_Ctx(g, op, {"a": conv_out, "b": residual})))
+        call = [*args[:3], _add_params(g, op), *args[3:8]]
+        n = want.size
+        out = np.full(n + GUARD, 0x5A, np.int8)
+        flat = residual.reshape(-1).copy()
+        extra = {"profile": True} if profiled else {}
+        assert backend.call("bnn_bconv2d_add", *call, flat, out, **extra) == BNN_OK, affine
+        assert np.array_equal(out[:n].reshape(want.shape), want), affine
+        assert np.all(out[n:] == 0x5A), f"{affine}: wrote past the output"
+        if profiled:
+            assert backend.last_profile.get("bnn_bconv2d_sum_asm", 0) > 20 * n, affine
+        assert backend.call("bnn_bconv2d_add", *call, flat, flat) == BNN_OK
+        assert np.array_equal(flat.reshape(want.shape), want), f"{affine}: in place"
 
 
 def call_args(case: Case, data: Data) -> list[Any]:

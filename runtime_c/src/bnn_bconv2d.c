@@ -316,20 +316,208 @@ typedef struct {
     int8_t *out;
 } bnn_bconv2d_sum_t;
 
+/* The variants of bnn_bconv2d_sum_asm, by the shift class of the conv's store (every channel
+ * 16..31, or every channel >= 32) and of the Add's (the same classes). */
+#define BNN_BCONV2D_SUM_CONV_HI 1
+#define BNN_BCONV2D_SUM_ADD_HI 2
+#define BNN_BCONV2D_SUM_ON 4
+
+#if BNN_AFFINE_FAST
+/* The shift class of an affine store: BNN_BCONV2D_SUM_CONV_HI if every shift is >= 32, 0 if
+ * every shift is 16..31, -1 otherwise (the fast forms do not apply). */
+static int32_t bnn_bconv2d_shift_class(const int8_t *shift, int32_t n)
+{
+    int32_t hi = 0, lo = 0, k;
+    for (k = 0; k < n; ++k) {
+        hi += shift[k] >= 32;
+        lo += shift[k] >= 16 && shift[k] < 32;
+    }
+    return hi == n ? BNN_BCONV2D_SUM_CONV_HI : (lo == n ? 0 : -1);
+}
+
+/* sum->fast for bnn_bconv2d_add's output and Add (add valid and AFFINE, output AFFINE): 0 if
+ * the fast forms do not apply (a range narrower than int8, or a shift below 16). */
+static int32_t bnn_bconv2d_sum_variant(const bnn_output_t *output, const bnn_add_params_t *add,
+                                       int32_t channels)
+{
+    int32_t conv = bnn_bconv2d_shift_class(output->a_shift, channels);
+    if (conv < 0 || output->act_min != BNN_INT8_MIN || output->act_max != BNN_INT8_MAX ||
+        add->affine_shift < 16 || add->act_min != BNN_INT8_MIN ||
+        add->act_max != BNN_INT8_MAX) {
+        return 0;
+    }
+    return BNN_BCONV2D_SUM_ON | conv | (add->affine_shift >= 32 ? BNN_BCONV2D_SUM_ADD_HI : 0);
+}
+
+/* The operands of bnn_bconv2d_sum_asm, in the order its LDM loads them (r0-r7, lr), then the
+ * Add's constants (read through r7). */
+typedef struct {
+    const int32_t *acc;    /* r0 */
+    const int32_t *mult;   /* r1 */
+    const int64_t *offset; /* r2 */
+    const int8_t *shift;   /* r3 */
+    const int8_t *b;       /* r4: the residual */
+    int8_t *dst;           /* r5 */
+    const int32_t *end;    /* r6: acc + n */
+    const void *consts;    /* r7: &folded */
+    int32_t ma;            /* lr: the Add's M[0] */
+    int64_t folded;        /* [r7]: the Add's rounding-ready offset with the zero points */
+    int32_t mb;            /* [r7, #8]: the Add's M[1] */
+    int32_t sh;            /* [r7, #12]: the Add's shift (16..31), or shift - 32 */
+    int32_t rsh;           /* [r7, #16]: 32 - sh */
+} bnn_bconv2d_sum_args_t;
+
+/* The conv's store of one element: acc (r8) * mult (r9) + offset in r10:r11, then as
+ * bnn_affine_fast_lo (shift r12 in 16..31) or bnn_affine_fast (shift >= 32): the int8 a in
+ * r8. */
+#define BNN_BCONV2D_SUM_LOAD                                                                  \
+    "ldr   r8, [r0], #4\n\t"                                                                    \
+    "ldr   r9, [r1], #4\n\t"                                                                    \
+    "ldrd  r10, r11, [r2], #8\n\t"                                                              \
+    "ldrsb r12, [r3], #1\n\t"                                                                   \
+    "smlal r10, r11, r8, r9\n\t"
+#define BNN_BCONV2D_SUM_CONV_LO                                                               \
+    "rsb   r9, r12, #32\n\t"                                                                    \
+    "ssat  r11, #16, r11\n\t"                                                                   \
+    "lsl   r11, r11, r9\n\t"                                                                    \
+    "lsls  r8, r10, r9\n\t"                                                                     \
+    "lsr   r10, r10, r12\n\t"                                                                   \
+    "add   r8, r11, r10\n\t"                                                                    \
+    "it    eq\n\t"                                                                              \
+    "biceq r8, r8, #1\n\t"                                                                      \
+    "ssat  r8, #8, r8\n\t"
+#define BNN_BCONV2D_SUM_CONV_HI_ASM                                                           \
+    "sub   r12, r12, #32\n\t"                                                                   \
+    "asr   r8, r11, r12\n\t"                                                                    \
+    "cmp   r10, #0\n\t"                                                                         \
+    "bne   1f\n\t"                                                                              \
+    "rsb   r9, r12, #32\n\t"                                                                    \
+    "lsls  r9, r11, r9\n\t"                                                                     \
+    "it    eq\n\t"                                                                              \
+    "biceq r8, r8, #1\n"                                                                        \
+    "1:\n\t"                                                                                    \
+    "ssat  r8, #8, r8\n\t"
+/* The Add of one element: t = b * mb + a * ma + folded in r10:r11, then rounded like the
+ * conv's store by the Add's shift class, stored to dst. */
+#define BNN_BCONV2D_SUM_ADD                                                                   \
+    "ldrsb r12, [r4], #1\n\t"                                                                   \
+    "ldrd  r10, r11, [r7]\n\t"                                                                  \
+    "ldr   r9, [r7, #8]\n\t"                                                                    \
+    "smlal r10, r11, r12, r9\n\t"                                                               \
+    "smlal r10, r11, r8, lr\n\t"
+#define BNN_BCONV2D_SUM_ADD_LO                                                                \
+    "ldrd  r9, r12, [r7, #12]\n\t"                                                              \
+    "ssat  r11, #16, r11\n\t"                                                                   \
+    "lsl   r11, r11, r12\n\t"                                                                   \
+    "lsls  r8, r10, r12\n\t"                                                                    \
+    "lsr   r10, r10, r9\n\t"                                                                    \
+    "add   r8, r11, r10\n\t"                                                                    \
+    "it    eq\n\t"                                                                              \
+    "biceq r8, r8, #1\n\t"                                                                      \
+    "ssat  r8, #8, r8\n\t"
+#define BNN_BCONV2D_SUM_ADD_HI_ASM                                                            \
+    "ldr   r9, [r7, #12]\n\t"                                                                   \
+    "asr   r8, r11, r9\n\t"                                                                     \
+    "cmp   r10, #0\n\t"                                                                         \
+    "bne   2f\n\t"                                                                              \
+    "ldr   r9, [r7, #16]\n\t"                                                                   \
+    "lsls  r9, r11, r9\n\t"                                                                     \
+    "it    eq\n\t"                                                                              \
+    "biceq r8, r8, #1\n"                                                                        \
+    "2:\n\t"                                                                                    \
+    "ssat  r8, #8, r8\n\t"
+/* The whole loop: the registers it uses are saved and restored by the assembly itself (the
+ * operands reach it through one pointer in r12), so it needs nothing of the compiler's
+ * register allocation at any optimization level or frame-pointer setting. */
+#define BNN_BCONV2D_SUM_LOOP(conv, add)                                                       \
+    "push  {r4-r11, lr}\n\t"                                                                    \
+    "ldm   r12, {r0-r7, lr}\n"                                                                  \
+    "0:\n\t"                                                                                    \
+    BNN_BCONV2D_SUM_LOAD conv BNN_BCONV2D_SUM_ADD add                                           \
+    "strb  r8, [r5], #1\n\t"                                                                    \
+    "cmp   r0, r6\n\t"                                                                          \
+    "bne   0b\n\t"                                                                              \
+    "pop   {r4-r11, lr}\n\t"
+
+/* The affine store and the Add in one pass for channels o0 .. o0 + n - 1 (n >= 1): the conv's
+ * int8 a by bnn_affine_fast_lo / bnn_affine_fast (every shift 16..31, or every shift >= 32,
+ * and the full int8 range), then the Add's t = a * M[0] + b * M[1] + folded (bnn_add_s8's
+ * affine sum, the zero points in `folded`) rounded and saturated to int8 by the same forms for
+ * its shift. The same integers as bnn_affine_run followed by bnn_add_s8_run. b[k] is read
+ * before dst[k] is written (dst may be b). About 30 instructions per element. */
+BNN_NOINLINE void bnn_bconv2d_sum_asm(const bnn_output_t *output, const bnn_add_params_t *add,
+                                      int64_t folded, int32_t variant, int32_t o0, int32_t n,
+                                      const int32_t *acc, const int8_t *b, int8_t *dst)
+{
+    bnn_bconv2d_sum_args_t args;
+    register bnn_bconv2d_sum_args_t *p __asm__("r12") = &args;
+    args.acc = acc;
+    args.mult = output->a_mult + o0;
+    args.offset = output->a_offset + o0;
+    args.shift = output->a_shift + o0;
+    args.b = b;
+    args.dst = dst;
+    args.end = acc + n;
+    args.consts = &args.folded;
+    args.ma = add->affine_mult[0];
+    args.folded = folded;
+    args.mb = add->affine_mult[1];
+    args.sh = add->affine_shift >= 32 ? add->affine_shift - 32 : add->affine_shift;
+    args.rsh = 32 - args.sh;
+    switch (variant & (BNN_BCONV2D_SUM_CONV_HI | BNN_BCONV2D_SUM_ADD_HI)) {
+    case 0:
+        __asm__ volatile(BNN_BCONV2D_SUM_LOOP(BNN_BCONV2D_SUM_CONV_LO, BNN_BCONV2D_SUM_ADD_LO)
+                         : "+r"(p) : : "r0", "r1", "r2", "r3", "cc", "memory");
+        break;
+    case BNN_BCONV2D_SUM_CONV_HI:
+        __asm__ volatile(BNN_BCONV2D_SUM_LOOP(BNN_BCONV2D_SUM_CONV_HI_ASM,
+                                              BNN_BCONV2D_SUM_ADD_LO)
+                         : "+r"(p) : : "r0", "r1", "r2", "r3", "cc", "memory");
+        break;
+    case BNN_BCONV2D_SUM_ADD_HI:
+        __asm__ volatile(BNN_BCONV2D_SUM_LOOP(BNN_BCONV2D_SUM_CONV_LO,
+                                              BNN_BCONV2D_SUM_ADD_HI_ASM)
+                         : "+r"(p) : : "r0", "r1", "r2", "r3", "cc", "memory");
+        break;
+    default:
+        __asm__ volatile(BNN_BCONV2D_SUM_LOOP(BNN_BCONV2D_SUM_CONV_HI_ASM,
+                                              BNN_BCONV2D_SUM_ADD_HI_ASM)
+                         : "+r"(p) : : "r0", "r1", "r2", "r3", "cc", "memory");
+        break;
+    }
+}
+#endif
+
 /* bnn_bconv2d_add's output for channels o0 .. o0 + n - 1 of output element `index` (pixel *
  * O + o0): the int8 values (AFFINE) are the Add's input a, the residual its input b, and out
  * receives the sums. residual[i] is read before out[i] is written, so out may be residual. */
-BNN_NOINLINE void bnn_bconv2d_emit_sum(const bnn_output_t *output, const bnn_bconv2d_sum_t *sum,
-                                       size_t index, int32_t o0, int32_t n, const int32_t *acc)
+BNN_NOINLINE void bnn_bconv2d_emit_sum_c(const bnn_output_t *output,
+                                         const bnn_bconv2d_sum_t *sum, size_t index, int32_t o0,
+                                         int32_t n, const int32_t *acc)
 {
-    const int32_t *mult = output->a_mult + o0;
-    const int64_t *offset = output->a_offset + o0;
-    const int8_t *shift = output->a_shift + o0;
-    const int8_t *b = sum->residual + index;
-    int8_t *dst = sum->out + index;
     int8_t a[BNN_BCONV2D_BLOCK];
-    bnn_affine_run(acc, mult, offset, shift, output->act_min, output->act_max, n, a);
-    bnn_add_s8_run(&sum->add, n, a, b, dst);
+    bnn_affine_run(acc, output->a_mult + o0, output->a_offset + o0, output->a_shift + o0,
+                   output->act_min, output->act_max, n, a);
+    bnn_add_s8_run(&sum->add, n, a, sum->residual + index, sum->out + index);
+}
+
+/* The same by bnn_bconv2d_sum_asm where it applies (`fast`: its variant, 0: the C form);
+ * called from here, not from the C form's frame, so that it adds no stack to the call. */
+BNN_ALWAYS_INLINE void bnn_bconv2d_emit_sum(const bnn_output_t *output,
+                                            const bnn_bconv2d_sum_t *sum, int32_t fast,
+                                            size_t index, int32_t o0, int32_t n,
+                                            const int32_t *acc)
+{
+#if BNN_AFFINE_FAST
+    if (fast != 0) {
+        bnn_bconv2d_sum_asm(output, sum->add.params, sum->add.folded, fast, o0, n, acc,
+                            sum->residual + index, sum->out + index);
+        return;
+    }
+#else
+    (void)fast;
+#endif
+    bnn_bconv2d_emit_sum_c(output, sum, index, o0, n, acc);
 }
 
 /* ---- plain C path ----------------------------------------------------------------------- */
@@ -771,6 +959,7 @@ BNN_ALWAYS_INLINE bnn_status_t bnn_bconv2d_run(const bnn_conv_params_t *params,
     bnn_bconv2d_geom_t g;
     bnn_bconv2d_geom_t g_one; /* the same geometry with one padding (BNN_OUT_LCE) */
     bnn_bconv2d_sum_t sum;    /* bnn_bconv2d_add's Add */
+    int32_t fast = 0;         /* its bnn_bconv2d_sum_asm variant, 0: none */
     int32_t acc[BNN_BCONV2D_BLOCK];
     int32_t acc_one[BNN_BCONV2D_BLOCK];
     const uint32_t *fstream = (const uint32_t *)0; /* the filters' bit streams, if made */
@@ -792,6 +981,11 @@ BNN_ALWAYS_INLINE bnn_status_t bnn_bconv2d_run(const bnn_conv_params_t *params,
         bnn_add_s8_prepare(add, &sum.add);
         sum.residual = residual;
         sum.out = (int8_t *)out;
+#if BNN_AFFINE_FAST
+        if (add->kind == BNN_OUT_AFFINE) {
+            fast = bnn_bconv2d_sum_variant(output, add, g.o);
+        }
+#endif
     }
 #if BNN_BCONV2D_FAST
     /* 16 < C < 32: every filter as one bit stream (KH * KW taps of C bits), made once per
@@ -830,8 +1024,8 @@ BNN_ALWAYS_INLINE bnn_status_t bnn_bconv2d_run(const bnn_conv_params_t *params,
                 int32_t n = g.o - o0 < BNN_BCONV2D_BLOCK ? g.o - o0 : BNN_BCONV2D_BLOCK;
                 bnn_bconv2d_pixel(&g, in, filter, fstream, fpairs, swords, y, x, o0, n, acc);
                 if (add != NULL) {
-                    bnn_bconv2d_emit_sum(output, &sum, (size_t)pixel * (size_t)g.o + (size_t)o0,
-                                         o0, n, acc);
+                    bnn_bconv2d_emit_sum(output, &sum, fast,
+                                         (size_t)pixel * (size_t)g.o + (size_t)o0, o0, n, acc);
                 } else if (output->kind != BNN_OUT_LCE) {
                     bnn_bconv2d_emit(&g, output, pixel, o0, n, acc, out);
                 } else if (border && g.pad_value == 0) {
