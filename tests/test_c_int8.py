@@ -250,8 +250,16 @@ def _tflite_output(
     zp_out: int,
     activation: str,
     per_tensor: bool = False,
+    fast_only: bool = False,
 ) -> MacOutput:
+    """``fast_only``: channels 2 and 4 (multiplier 0, a left shift) get the right shifts 2 and
+    3 instead (large multipliers, many saturated outputs), so that every channel is one the
+    M7's fast store takes (bnn_tflite_fast_ok)."""
     ws = _weight_scales(rng, 1 if per_tensor else channels, k_len)
+    if fast_only:
+        for c, real in ((2, 0.2), (4, 0.124)):
+            if c < channels:
+                ws[c] = _f32(real) * S_OUT / S_IN
     mults, shifts = [], []
     for c in range(channels):
         s_w = ws[0] if per_tensor else ws[c]
@@ -618,6 +626,87 @@ def test_affine_ties(backend: Any, depth: int) -> None:
         dims(*w.shape),
         w,
         dims(1, 16, 16, 8),
+        out,
+    )
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
+# (geometry, channels, output channels, input zero point) of the M7's 4-pixel blocks with every
+# channel stored by its assembly loop (bnn_x4_asm)
+X4_CASES: list[tuple[Geo, int, int, int]] = [
+    (Geo(3, 5, 1, 1), 12, 9, 17),  # pointwise: 3 groups (two per turn, then the odd one)
+    (Geo(2, 4, 1, 1), 4, 5, -128),  # one group
+    (Geo(4, 4, 1, 1), 16, 33, 127),  # an even number of groups, 33 channels
+    (Geo(6, 6, 1, 1, stride=(2, 2)), 8, 7, -3),  # strided pointwise
+    (Geo(8, 8, 3, 3, stride=(2, 2), padding="same"), 3, 16, -128),  # stem: 27 taps, the last
+    # filter's partial group from its padded copy
+    (Geo(5, 5, 3, 3, padding="same"), 8, 6, 5),  # patch: 72 taps, 18 groups
+    (Geo(5, 4, 5, 5, padding="same"), 4, 3, 0),  # patch: 100 taps, the largest
+]
+
+
+def _x4_affine_output(rng: np.random.Generator, w: np.ndarray) -> MacOutput:
+    """Affine constants with every shift >= 32 and the full int8 range for the weights w
+    (output channels first): every third channel an ordinary one; the others multiply by
+    +-2^-2 or +-2^-3 with (half-)integer offsets and get weights in [-2, 2] (changed in w), so
+    that about a quarter of their results are ties; channel 0 has a zero multiplier, channel 1
+    a saturating one."""
+    channels = w.shape[0]
+    k_len = w[0].size
+    sign = rng.choice([-1.0, 1.0], channels)
+    m = sign * 2.0 ** -rng.integers(2, 4, channels).astype(np.float64)
+    b = rng.integers(-60, 60, channels) / 2.0
+    usual = np.arange(channels) % 3 == 2
+    m[usual] = sign[usual] * rng.uniform(0.2, 3.0, int(usual.sum())) / (4000.0 * math.sqrt(k_len))
+    b[usual] = rng.uniform(-40.0, 40.0, int(usual.sum()))
+    w[~usual] = rng.integers(-2, 3, w[~usual].shape)
+    m[0], b[0] = 0.0, 3.5
+    if channels > 1:
+        m[1], b[1] = -0.49, 1e6
+    mac = _affine_exact_output(m, b, 255 * 128 * k_len)
+    assert mac.struct.fields["a_shift"].min() >= 32
+    return mac
+
+
+@pytest.mark.parametrize("kind", ["tflite", "affine"])
+@pytest.mark.parametrize("case", X4_CASES, ids=_conv_id)
+def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind: str) -> None:
+    """Convolutions in the M7's 4-pixel blocks whose every channel takes the fast store, so
+    that the whole channel loop runs in assembly (bnn_x4_asm): TFLite (bias, two roundings,
+    multipliers over [2^30, 2^31), right shifts 2 .. 31, biases that wrap, output zero points
+    at both ends) and affine (shifts >= 32: ties, a zero and a saturating multiplier), with
+    the full int8 range. The same integers as the reference; the other backends run the same
+    cases through their C paths."""
+    geo, c, o, zp_in = case
+    variant = X4_CASES.index(case)
+    rng = np.random.default_rng(300 + variant)
+    x = _int8(rng, (1, geo.h, geo.w, c))
+    w = _int8(rng, (o, geo.kh, geo.kw, c))
+    oh, ow = geo.out_hw()
+    k_len = geo.kh * geo.kw * c
+    if kind == "tflite":
+        zp_out = (-90, 100, 3)[variant % 3]
+        mac = _tflite_output(rng, o, k_len, zp_out, "none", fast_only=True)
+        fields = mac.struct.fields
+        assert np.all(fields["q_mult"] > 0) and np.all(fields["q_shift"] <= -2)
+        assert (fields["act_min"], fields["act_max"]) == (-128, 127)
+    else:
+        mac = _x4_affine_output(rng, w)
+    expected = _mac_case("Conv2D", x, zp_in, w, 0, (1, oh, ow, o), mac, geo.attrs())
+    inside = (expected > -128) & (expected < 127)
+    assert np.sum(inside) >= 8 and len(np.unique(expected[inside])) >= 4, "all clamped"
+    out = _sentinel((1, oh, ow, o), np.int8)
+    status = backend.call(
+        "bnn_conv2d_s8",
+        _ctx(),
+        geo.params(zp_in),
+        mac.struct,
+        dims(*x.shape),
+        x,
+        dims(*w.shape),
+        w,
+        dims(1, oh, ow, o),
         out,
     )
     assert status == BNN_OK
@@ -1531,18 +1620,20 @@ def test_depthwise_tflite_every_multiplier_and_shift(
     assert np.array_equal(out.reshape(oh, ow, c), want.astype(np.int8))
 
 
+@pytest.mark.parametrize("channels", [16, 11])
 @pytest.mark.parametrize("act", [(-128, 127, -128), (-128, 127, 127), (-100, 90, 3)])
 def test_pointwise_tflite_every_multiplier_and_shift(
-    backend: Any, act: tuple[int, int, int]
+    backend: Any, act: tuple[int, int, int], channels: int
 ) -> None:
     """The TFLite stores of the pointwise paths (255 pixels: 63 blocks of 4, a pair, one) on
     extreme per-channel constants, against the reference's MultiplyByQuantizedMultiplier. With
     the full int8 range the M7 takes its 9-instruction store for every channel with a multiplier
     > 0 and a shift <= -2, and the C store for the rest (INT32_MIN, a negative multiplier,
-    shifts -1 .. 3); a narrow range takes the C store throughout. Channels 1-7 land mostly
-    inside int8, so that the roundings (ties included) decide the result; biases at both ends of
-    int32 make acc + bias wrap (channel 0) or reach the ends of the 64-bit product (channels 9,
-    10)."""
+    shifts -1 .. 3); a narrow range takes the C store throughout. With the first 11 channels
+    only (all of the first kind) and the full range, the whole channel loop of the 4-pixel
+    blocks runs in assembly (bnn_x4_asm). Channels 1-7 land mostly inside int8, so that the
+    roundings (ties included) decide the result; biases at both ends of int32 make acc + bias
+    wrap (channel 0) or reach the ends of the 64-bit product (channels 9, 10)."""
     from bnncube.converters.reference import multiply_by_quantized_multiplier
 
     lo, hi, zp_out = act
@@ -1554,6 +1645,7 @@ def test_pointwise_tflite_every_multiplier_and_shift(
          1, 2**31 - 1, 2**31 - 1, -(2**31), -5, 2**30, 2**30, 2**31 - 1]
     )  # fmt: skip
     shift = np.asarray([-2, -9, -10, -9, -10, -2, -3, -5, -2, -31, -30, 0, -4, -1, 0, 3])
+    mult, shift = mult[:channels], shift[:channels]
     o = mult.size
     w = _int8(rng, (o, 1, 1, c))
     bias = rng.integers(-(2**16), 2**16, o, dtype=np.int64)

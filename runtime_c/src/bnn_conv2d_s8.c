@@ -170,6 +170,222 @@ BNN_ALWAYS_INLINE const int8_t *bnn_pw_pixel(const bnn_conv_params_t *params, co
     "smlad   %[a3], r6, %[wl], %[a3]\n\t"                                                      \
     "smlad   %[a3], r8, %[wh], %[a3]\n\t"
 
+#if BNN_TFLITE_FAST && BNN_AFFINE_FAST && defined(__GNUC__)
+#define BNN_X4_ASM 1
+/* bnn_x4_asm's state, read and updated by the assembly through lr (offsets in the comments). */
+typedef struct {
+    const int32_t *xb; /* 0: the expanded inputs */
+    uintptr_t xlim;    /* 4: xb + 8 * groups - 64, as an integer: two groups remain while
+                        * x <= xlim (it may lie before xb, where no pointer may point) */
+    const int8_t *w;   /* 8: the first channel's weights */
+    int32_t wskip;     /* 12: fstride - 4 * groups, from one channel's last group to the next */
+    int8_t *y;         /* 16: the current channel's output at the block's first pixel */
+    int32_t oc;        /* 20: out_c, the pixel stride of the output */
+    int8_t *y_end;     /* 24: y past the last channel */
+    const void *c0;    /* 28: TFLite bias (int32), affine a_mult (int32), per channel */
+    const void *c1;    /* 32: TFLite q_mult (int32), affine a_offset (int64) */
+    const void *c2;    /* 36: TFLite q_shift (int32), affine a_shift (int8) */
+    int32_t zp;        /* 40: TFLite out_zero_point */
+} bnn_x4_state_t;
+
+/* One group of 4 taps for the 4 pixels: the weight word (r11 moving on) expanded into r7 (taps
+ * 0, 2) and r9 (1, 3), the 8 expanded input words (r10 moving on) by two LDMs, 8 SMLADs into
+ * the sums r0..r3. */
+#define BNN_X4A_GROUP                                                                          \
+    "ldr     r9, [r11], #4\n\t"                                                                 \
+    "sxtb16  r7, r9\n\t"                                                                        \
+    "sxtb16  r9, r9, ror #8\n\t"                                                                \
+    "ldmia   r10!, {r4, r5, r6, r8}\n\t"                                                        \
+    "smlad   r0, r4, r7, r0\n\t"                                                                \
+    "smlad   r0, r5, r9, r0\n\t"                                                                \
+    "smlad   r1, r6, r7, r1\n\t"                                                                \
+    "smlad   r1, r8, r9, r1\n\t"                                                                \
+    "ldmia   r10!, {r4, r5, r6, r8}\n\t"                                                        \
+    "smlad   r2, r4, r7, r2\n\t"                                                                \
+    "smlad   r2, r5, r9, r2\n\t"                                                                \
+    "smlad   r3, r6, r7, r3\n\t"                                                                \
+    "smlad   r3, r8, r9, r3\n\t"
+/* A channel's sums: from x = xb (r10), two groups per turn while x <= xlim (r12), then the odd
+ * one. */
+#define BNN_X4A_MACS                                                                           \
+    "ldr     r10, [lr, #0]\n\t"                                                                 \
+    "cmp     r10, r12\n\t"                                                                      \
+    "bhi     2f\n"                                                                              \
+    "1:\n\t" BNN_X4A_GROUP BNN_X4A_GROUP                                                        \
+    "cmp     r10, r12\n\t"                                                                      \
+    "bls     1b\n"                                                                              \
+    "2:\n\t"                                                                                    \
+    "add     r7, r12, #64\n\t"                                                                  \
+    "cmp     r10, r7\n\t"                                                                       \
+    "bhs     3f\n\t" BNN_X4A_GROUP                                                              \
+    "3:\n\t"
+/* The channel's constant pointer at [lr, #off] read into `reg` by `load` (its post-increment)
+ * and moved on. */
+#define BNN_X4A_NEXT(load, reg, off, step)                                                     \
+    "ldr     r7, [lr, #" off "]\n\t"                                                            \
+    load "   " reg ", [r7], #" step "\n\t"                                                      \
+    "str     r7, [lr, #" off "]\n\t"
+/* bnn_tflite_fast of the sum x stored at addr: mult r4, em1 r5, khi r6, zp r8; r7, r12 scratch */
+#define BNN_X4A_TFLITE_STEP(x, addr)                                                           \
+    "mov     r7, #0x40000000\n\t"                                                               \
+    "mov     r12, r6\n\t"                                                                       \
+    "smlal   r7, r12, " x ", r4\n\t"                                                            \
+    "asr     " x ", " x ", #31\n\t"                                                             \
+    "adds    r7, r7, " x ", lsl #31\n\t"                                                        \
+    "adc     r12, r12, " x "\n\t"                                                               \
+    "asr     r12, r12, r5\n\t"                                                                  \
+    "qadd    r12, r12, r8\n\t"                                                                  \
+    "ssat    r12, #8, r12\n\t"                                                                  \
+    "strb    r12, " addr "\n\t"
+/* bnn_affine_fast of the sum x stored at addr: mult r4, offset r5:r6, k = shift - 32 r8 */
+#define BNN_X4A_AFFINE_STEP(x, addr, label)                                                    \
+    "mov     r7, r5\n\t"                                                                        \
+    "mov     r12, r6\n\t"                                                                       \
+    "smlal   r7, r12, " x ", r4\n\t"                                                            \
+    "asr     " x ", r12, r8\n\t"                                                                \
+    "cmp     r7, #0\n\t"                                                                        \
+    "bne     " label "f\n\t"                                                                    \
+    "rsb     r7, r8, #32\n\t"                                                                   \
+    "lsls    r7, r12, r7\n\t"                                                                   \
+    "it      eq\n\t"                                                                            \
+    "biceq   " x ", " x ", #1\n"                                                                \
+    label ":\n\t"                                                                               \
+    "ssat    " x ", #8, " x "\n\t"                                                              \
+    "strb    " x ", " addr "\n\t"
+/* The 4 outputs y[0], y[oc], y[2 oc], y[3 oc] of the channel (y r9, oc r10), by `step`; then
+ * y moves on, the weights skip to the next channel's, and the loop goes on to y_end. */
+#define BNN_X4A_STORE4(step0, step1, step2, step3)                                             \
+    "ldrd    r9, r10, [lr, #16]\n\t" step0 step1                                                \
+    "add     r0, r9, r10, lsl #1\n\t" step2 step3                                               \
+    "add     r9, r9, #1\n\t"                                                                    \
+    "str     r9, [lr, #16]\n\t"                                                                 \
+    "ldr     r7, [lr, #12]\n\t"                                                                 \
+    "add     r11, r11, r7\n\t"                                                                  \
+    "ldr     r7, [lr, #24]\n\t"                                                                 \
+    "cmp     r9, r7\n\t"                                                                        \
+    "bne     10b\n\t"
+
+/* bnn_conv_x4_channels in one assembly loop over the channels o_begin .. o_end - 1, for the
+ * fast stores only: TFLite with a bias, two roundings, every channel bnn_tflite_fast_ok and the
+ * full int8 range, or affine with every shift >= 32 and the full range (bnn_x4_asm_ok). The
+ * same arithmetic as the C form (bnn_tflite_fast / bnn_affine_fast), its state in memory: the
+ * assembly saves and restores every register it uses, and the state's address reaches it in
+ * r12, so that it needs nothing of the compiler's register allocation at any optimization
+ * level or frame-pointer setting. Per channel it saves the spills and reloads the compiler
+ * makes around the 12-register MAC loop. */
+BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *output,
+                                  const int32_t *xb, int32_t groups, const int8_t *filter,
+                                  int32_t fstride, int32_t o_begin, int32_t o_end, int32_t pix,
+                                  int32_t out_c, void *out)
+{
+    bnn_x4_state_t st;
+    register bnn_x4_state_t *p __asm__("r12") = &st;
+    if (o_begin >= o_end) {
+        return;
+    }
+    st.xb = xb;
+    st.xlim = (uintptr_t)(xb + 8 * groups) - 64u;
+    st.w = filter;
+    st.wskip = fstride - 4 * groups;
+    st.y = (int8_t *)out + (size_t)pix * (size_t)out_c + (size_t)o_begin;
+    st.oc = out_c;
+    st.y_end = st.y + (o_end - o_begin);
+    st.zp = output->out_zero_point;
+    if (kind == BNN_OUT_TFLITE) {
+        st.c0 = output->bias + o_begin;
+        st.c1 = output->q_mult + o_begin;
+        st.c2 = output->q_shift + o_begin;
+        __asm__ volatile(
+            "push    {r4-r11, lr}\n\t"
+            "mov     lr, r12\n\t"
+            "ldr     r11, [lr, #8]\n"
+            "10:\n\t"
+            "ldr     r12, [lr, #4]\n\t" BNN_X4A_NEXT("ldr", "r0", "28", "4")
+            "mov     r1, r0\n\t"
+            "mov     r2, r0\n\t"
+            "mov     r3, r0\n\t" BNN_X4A_MACS BNN_X4A_NEXT("ldr", "r4", "32", "4")
+            BNN_X4A_NEXT("ldr", "r5", "36", "4")
+            "mvn     r5, r5\n\t" /* em1 = e - 1 = -shift - 1 */
+            "sub     r8, r5, #1\n\t"
+            "mov     r6, #1\n\t"
+            "lsl     r6, r6, r8\n\t" /* khi = 2^(e-2) */
+            "ldr     r8, [lr, #40]\n\t"
+            BNN_X4A_STORE4(BNN_X4A_TFLITE_STEP("r0", "[r9]"),
+                           BNN_X4A_TFLITE_STEP("r1", "[r9, r10]"),
+                           BNN_X4A_TFLITE_STEP("r2", "[r0]"),
+                           BNN_X4A_TFLITE_STEP("r3", "[r0, r10]"))
+            "pop     {r4-r11, lr}\n\t"
+            : "+r"(p)
+            :
+            : "r0", "r1", "r2", "r3", "cc", "memory");
+    } else {
+        st.c0 = output->a_mult + o_begin;
+        st.c1 = output->a_offset + o_begin;
+        st.c2 = output->a_shift + o_begin;
+        __asm__ volatile(
+            "push    {r4-r11, lr}\n\t"
+            "mov     lr, r12\n\t"
+            "ldr     r11, [lr, #8]\n"
+            "10:\n\t"
+            "ldr     r12, [lr, #4]\n\t"
+            "mov     r0, #0\n\t"
+            "mov     r1, #0\n\t"
+            "mov     r2, #0\n\t"
+            "mov     r3, #0\n\t" BNN_X4A_MACS BNN_X4A_NEXT("ldr", "r4", "28", "4")
+            BNN_X4A_NEXT("ldrd", "r5, r6", "32", "8")
+            BNN_X4A_NEXT("ldrsb", "r8", "36", "1")
+            "sub     r8, r8, #32\n\t"
+            BNN_X4A_STORE4(BNN_X4A_AFFINE_STEP("r0", "[r9]", "4"),
+                           BNN_X4A_AFFINE_STEP("r1", "[r9, r10]", "5"),
+                           BNN_X4A_AFFINE_STEP("r2", "[r0]", "6"),
+                           BNN_X4A_AFFINE_STEP("r3", "[r0, r10]", "7"))
+            "pop     {r4-r11, lr}\n\t"
+            : "+r"(p)
+            :
+            : "r0", "r1", "r2", "r3", "cc", "memory");
+    }
+}
+#undef BNN_X4A_GROUP
+#undef BNN_X4A_MACS
+#undef BNN_X4A_NEXT
+#undef BNN_X4A_TFLITE_STEP
+#undef BNN_X4A_AFFINE_STEP
+#undef BNN_X4A_STORE4
+
+/* Whether bnn_x4_asm applies to every channel of a call (checked once per call). */
+BNN_ALWAYS_INLINE int bnn_x4_asm_ok(bnn_out_kind_t kind, const bnn_output_t *output,
+                                    int32_t out_c)
+{
+    int32_t o;
+    if (output->act_min != BNN_INT8_MIN || output->act_max != BNN_INT8_MAX) {
+        return 0;
+    }
+    if (kind == BNN_OUT_TFLITE) {
+        if (output->bias == NULL || output->q_single_rounding) {
+            return 0;
+        }
+        for (o = 0; o < out_c; ++o) {
+            if (!bnn_tflite_fast_ok(output->q_mult[o], output->q_shift[o])) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (kind == BNN_OUT_AFFINE) {
+        for (o = 0; o < out_c; ++o) {
+            if (output->a_shift[o] < 32) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+#else
+#define BNN_X4_ASM 0
+#define bnn_x4_asm_ok(kind, output, out_c) 0
+#endif
+
 /* The output channels of a block of 4 output pixels (from `pix`) whose inputs are expanded in
  * `xb`, per group of 4 taps [p0 (0, 2), p0 (1, 3), p1 (0, 2), ..., p3 (1, 3)] (int16, minus the
  * zero point), Cortex-M7: each output channel takes per group one weight load, 2 SXTB16, the 8
@@ -182,7 +398,7 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
                                             const int32_t *xb, int32_t groups,
                                             const int8_t *filter, int32_t fstride,
                                             int32_t o_begin, int32_t o_end, int32_t pix,
-                                            int32_t out_c, void *out)
+                                            int32_t out_c, void *out, int use_asm)
 {
 #if BNN_TFLITE_FAST /* (and BNN_AFFINE_FAST: the same conditions) */
     /* the int8 range is the full one: the fast stores apply (then per channel) */
@@ -191,6 +407,14 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
     const int32_t zp = output->out_zero_point;
 #endif
     int32_t o;
+#if BNN_X4_ASM
+    if (use_asm) {
+        bnn_x4_asm(kind, output, xb, groups, filter, fstride, o_begin, o_end, pix, out_c, out);
+        return;
+    }
+#else
+    (void)use_asm;
+#endif
     for (o = o_begin; o < o_end; ++o) {
         const int8_t *w = filter + (size_t)(o - o_begin) * (size_t)fstride;
         const int32_t *x = xb;
@@ -298,6 +522,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
 {
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
+    const int use_asm = bnn_x4_asm_ok(kind, output, out_c);
     int32_t pix;
     for (pix = 0; pix + 4 <= npix; pix += 4) {
         int32_t g, p;
@@ -311,7 +536,8 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
                 dst[1] = bnn_sxtab16_ror8(neg_zp, v);
             }
         }
-        bnn_conv_x4_channels(kind, output, xb, groups, filter, in_c, 0, out_c, pix, out_c, out);
+        bnn_conv_x4_channels(kind, output, xb, groups, filter, in_c, 0, out_c, pix, out_c, out,
+                             use_asm);
     }
     return pix;
 }
@@ -577,6 +803,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
     const int32_t split = taps % 4 != 0 ? out_c - 1 : out_c; /* channels read in place */
     int8_t *const raw = (int8_t *)(xb + 8 * groups);        /* 4 * groups bytes */
     int8_t *const last = (int8_t *)(xb + 9 * groups);       /* likewise */
+    const int use_asm = bnn_x4_asm_ok(kind, output, out_c);
     int32_t pix, k;
     memcpy(last, last_filter, (size_t)taps);
     for (k = taps; k < 4 * groups; ++k) {
@@ -598,10 +825,11 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
                 dst[1] = __ssub16(bnn_sxtb16_ror8(v), zp2);
             }
         }
-        bnn_conv_x4_channels(kind, output, xb, groups, filter, taps, 0, split, pix, out_c, out);
+        bnn_conv_x4_channels(kind, output, xb, groups, filter, taps, 0, split, pix, out_c, out,
+                             use_asm);
         if (split < out_c) {
             bnn_conv_x4_channels(kind, output, xb, groups, last, taps, split, out_c, pix, out_c,
-                                 out);
+                                 out, use_asm);
         }
     }
     return pix;
