@@ -1573,8 +1573,6 @@ def test_depthwise_tflite_every_multiplier_and_shift(
     9-instruction store for the channels with a multiplier > 0 and a shift <= -2; channels
     8-11 land mostly inside int8, so that the roundings decide). Inputs at -128 and 127 give
     extreme sums."""
-    from bnncube.converters.reference import multiply_by_quantized_multiplier
-
     c = 12
     rng = np.random.default_rng(8)
     x = rng.choice(np.asarray([-128, 127, 0, 1], np.int8), size=(1, 9, 11, c))
@@ -1604,19 +1602,76 @@ def test_depthwise_tflite_every_multiplier_and_shift(
     args = [_ctx(), geo.params(zp_in, 1), output, dims(*x.shape), x, dims(*w.shape), w]
     status = backend.call("bnn_depthwise_conv2d_s8", *args, dims(1, oh, ow, c), out)
     assert status == BNN_OK
-    # the reference: the int32 sums (exact), then MBQM per channel, + zp, clamp
+    scaled = _depthwise_tflite_scaled(x, w, zp_in, geo, bias, mult, shift)
+    want = np.clip(scaled + zp_out, lo, hi)
+    assert (np.abs(scaled[..., 8:]) < 90).mean() > 0.7
+    assert np.array_equal(out.reshape(oh, ow, c), want.astype(np.int8))
+
+
+def _depthwise_tflite_scaled(
+    x: np.ndarray,
+    w: np.ndarray,
+    zp_in: int,
+    geo: Geo,
+    bias: np.ndarray,
+    mult: np.ndarray,
+    shift: np.ndarray,
+) -> np.ndarray:
+    """The reference of a 3x3 depthwise TFLite store before the zero point and the clamp: the
+    int32 sums (exact, + bias wrapping like int32), then MultiplyByQuantizedMultiplier per
+    channel."""
+    from bnncube.converters.reference import multiply_by_quantized_multiplier
+
+    (oh, ow), (sh, sw), c = geo.out_hw(), geo.stride, x.shape[-1]
     pads = geo.pads()
     xp = np.pad(x[0].astype(np.int64) - zp_in, ((pads[0], pads[1]), (pads[2], pads[3]), (0, 0)))
     acc = np.zeros((oh, ow, c), np.int64)
     for i in range(3):
         for j in range(3):
-            acc += xp[i : i + oh, j : j + ow, :] * w[0, i, j, :].astype(np.int64)
+            window = xp[i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+            acc += window * w[0, i, j, :].astype(np.int64)
     acc = ((acc + bias + 2**31) % 2**32) - 2**31  # acc + bias wraps like int32
     scaled = np.empty_like(acc)
     for o in range(c):
         scaled[..., o] = multiply_by_quantized_multiplier(acc[..., o], int(mult[o]), int(shift[o]))
-    want = np.clip(scaled + zp_out, lo, hi)
-    assert (np.abs(scaled[..., 8:]) < 90).mean() > 0.7
+    return scaled
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("zp_out", [-128, 127, 0])
+def test_depthwise_tflite_fast_channels(backend: Any, zp_out: int, stride: int) -> None:
+    """The 3x3 depthwise path with every channel taking the M7's fast TFLite store (multipliers
+    in [2^30, 2^31), right shifts 2 .. 12, the full int8 range), so that the interior pixels of
+    each row run in one assembly loop (bnn_dw3_asm); most results lie inside int8, so that
+    the roundings decide them."""
+    c = 8
+    rng = np.random.default_rng([11, zp_out + 128, stride])
+    x = _int8(rng, (1, 11, 13, c))
+    w = _int8(rng, (1, 3, 3, c))
+    w[..., :2] = rng.integers(-2, 3, (1, 3, 3, 2))  # small sums for the small shifts
+    mult = rng.integers(2**30, 2**31, c)
+    shift = np.asarray([-2, -3, -7, -8, -9, -10, -12, -8], np.int32)
+    bias = rng.integers(-(2**12), 2**12, c).astype(np.int32)
+    zp_in = -5
+    geo = Geo(11, 13, 3, 3, stride=(stride, stride), padding="same")
+    oh, ow = geo.out_hw()
+    out = _sentinel((1, oh, ow, c), np.int8)
+    output = Struct(
+        "bnn_output_t",
+        kind=OUT_TFLITE,
+        bias=bias,
+        q_mult=mult.astype(np.int32),
+        q_shift=shift,
+        out_zero_point=zp_out,
+        act_min=-128,
+        act_max=127,
+    )
+    args = [_ctx(), geo.params(zp_in, 1), output, dims(*x.shape), x, dims(*w.shape), w]
+    status = backend.call("bnn_depthwise_conv2d_s8", *args, dims(1, oh, ow, c), out)
+    assert status == BNN_OK
+    scaled = _depthwise_tflite_scaled(x, w, zp_in, geo, bias, mult, shift)
+    assert (np.abs(scaled) < 100).mean() > 0.6
+    want = np.clip(scaled + zp_out, -128, 127)
     assert np.array_equal(out.reshape(oh, ow, c), want.astype(np.int8))
 
 

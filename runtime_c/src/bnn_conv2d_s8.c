@@ -268,11 +268,12 @@ typedef struct {
 /* bnn_conv_x4_channels in one assembly loop over the channels o_begin .. o_end - 1, for the
  * fast stores only: TFLite with a bias, two roundings, every channel bnn_tflite_fast_ok and the
  * full int8 range, or affine with every shift >= 32 and the full range (bnn_x4_asm_ok). The
- * same arithmetic as the C form (bnn_tflite_fast / bnn_affine_fast), its state in memory: the
- * assembly saves and restores every register it uses, and the state's address reaches it in
- * r12, so that it needs nothing of the compiler's register allocation at any optimization
- * level or frame-pointer setting. Per channel it saves the spills and reloads the compiler
- * makes around the 12-register MAC loop. */
+ * same arithmetic as the C form (bnn_tflite_fast / bnn_affine_fast), its state in memory (the
+ * state's address comes in r12). It uses fixed registers: all but r7 are clobbers (saved by the
+ * enclosing function), r7 (the Thumb frame pointer, which may not be a clobber) is saved and
+ * restored by the assembly; so it needs nothing of the compiler's register allocation at any
+ * optimization level or frame-pointer setting, and no stack but 4 bytes. Per channel it saves
+ * the spills and reloads the compiler makes around the 12-register MAC loop. */
 BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *output,
                                   const int32_t *xb, int32_t groups, const int8_t *filter,
                                   int32_t fstride, int32_t o_begin, int32_t o_end, int32_t pix,
@@ -296,7 +297,7 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
         st.c1 = output->q_mult + o_begin;
         st.c2 = output->q_shift + o_begin;
         __asm__ volatile(
-            "push    {r4-r11, lr}\n\t"
+            "push    {r7}\n\t"
             "mov     lr, r12\n\t"
             "ldr     r11, [lr, #8]\n"
             "10:\n\t"
@@ -314,16 +315,17 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
                            BNN_X4A_TFLITE_STEP("r1", "[r9, r10]"),
                            BNN_X4A_TFLITE_STEP("r2", "[r0]"),
                            BNN_X4A_TFLITE_STEP("r3", "[r0, r10]"))
-            "pop     {r4-r11, lr}\n\t"
+            "pop     {r7}\n\t"
             : "+r"(p)
             :
-            : "r0", "r1", "r2", "r3", "cc", "memory");
+            : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc",
+              "memory");
     } else {
         st.c0 = output->a_mult + o_begin;
         st.c1 = output->a_offset + o_begin;
         st.c2 = output->a_shift + o_begin;
         __asm__ volatile(
-            "push    {r4-r11, lr}\n\t"
+            "push    {r7}\n\t"
             "mov     lr, r12\n\t"
             "ldr     r11, [lr, #8]\n"
             "10:\n\t"
@@ -339,10 +341,11 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
                            BNN_X4A_AFFINE_STEP("r1", "[r9, r10]", "5"),
                            BNN_X4A_AFFINE_STEP("r2", "[r0]", "6"),
                            BNN_X4A_AFFINE_STEP("r3", "[r0, r10]", "7"))
-            "pop     {r4-r11, lr}\n\t"
+            "pop     {r7}\n\t"
             : "+r"(p)
             :
-            : "r0", "r1", "r2", "r3", "cc", "memory");
+            : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc",
+              "memory");
     }
 }
 #undef BNN_X4A_GROUP

@@ -71,6 +71,126 @@ static int32_t depthwise_acc(const int8_t *in, const int8_t *filter, int32_t in_
         acc3 = __smlatt(x13_, (w13), acc3);                                                    \
     } while (0)
 
+#if BNN_TFLITE_FAST && BNN_AFFINE_FAST && defined(__GNUC__)
+#define BNN_DW3_ASM 1
+/* bnn_dw3_asm's state (the assembly reads it through r7 at the offsets in the comments). */
+typedef struct {
+    int32_t init[4];   /* 0: the 4 sums' start: the TFLite biases, else 0 */
+    int32_t w[18];     /* 16: per tap the expanded weights w02, w13 (SXTB16, SXTB16 ror 8) */
+    int32_t ch[16];    /* 88: per channel, affine: mult, shift - 32, offset low, high word;
+                        * TFLite: mult, khi, em1, zp (bnn_tflite_fast's constants) */
+    const int8_t *p;   /* 152: the next pixel's window: its top-left tap, channel oc */
+    int8_t *y;         /* 156: its output, channel oc */
+    int32_t pstep;     /* 160: input bytes from one pixel's window to the next */
+    int32_t n;         /* 164: pixels left (>= 1) */
+    int32_t inc;       /* 168: C, bytes between taps of a row and between output pixels */
+    int32_t row;       /* 172: W * C, bytes between input rows */
+    int32_t neg_zp;    /* 176: -zp in both halfwords */
+} bnn_dw3_state_t;
+
+/* One tap at addr (from the row in r9, C in r10): the 4 input bytes minus the zero point (lr)
+ * as halfwords (x02 r5, x13 r4) times the tap's expanded weights (LDRD from r12, moving on),
+ * each product into its channel's sum r0..r3. */
+#define BNN_DW3_TAP(addr)                                                                      \
+    "ldr     r4, " addr "\n\t"                                                                  \
+    "ldrd    r6, r8, [r12], #8\n\t"                                                             \
+    "sxtab16 r5, lr, r4\n\t"                                                                    \
+    "sxtab16 r4, lr, r4, ror #8\n\t"                                                            \
+    "smlabb  r0, r5, r6, r0\n\t"                                                                \
+    "smlatt  r2, r5, r6, r2\n\t"                                                                \
+    "smlabb  r1, r4, r8, r1\n\t"                                                                \
+    "smlatt  r3, r4, r8, r3\n\t"
+#define BNN_DW3_ROW                                                                            \
+    BNN_DW3_TAP("[r9]") BNN_DW3_TAP("[r9, r10]") BNN_DW3_TAP("[r9, r10, lsl #1]")
+/* bnn_affine_fast of the sum acc, stored at [r9, #off]: the channel's constants by LDM from
+ * r12 (mult r4, k r5, offset r6:r8) */
+#define BNN_DW3_AFFINE(acc, off)                                                               \
+    "ldmia   r12!, {r4, r5, r6, r8}\n\t"                                                        \
+    "smlal   r6, r8, " acc ", r4\n\t"                                                           \
+    "asr     " acc ", r8, r5\n\t"                                                               \
+    "cmp     r6, #0\n\t"                                                                        \
+    "bne     1f\n\t"                                                                            \
+    "rsb     r6, r5, #32\n\t"                                                                   \
+    "lsls    r6, r8, r6\n\t"                                                                    \
+    "it      eq\n\t"                                                                            \
+    "biceq   " acc ", " acc ", #1\n"                                                            \
+    "1:\n\t"                                                                                    \
+    "ssat    " acc ", #8, " acc "\n\t"                                                          \
+    "strb    " acc ", [r9, #" off "]\n\t"
+/* bnn_tflite_fast of the sum acc (the bias in it), stored at [r9, #off]: mult r4, khi r5,
+ * em1 r6, zp r8 by LDM from r12; r11 scratch */
+#define BNN_DW3_TFLITE(acc, off)                                                               \
+    "ldmia   r12!, {r4, r5, r6, r8}\n\t"                                                        \
+    "mov     r11, #0x40000000\n\t"                                                              \
+    "smlal   r11, r5, " acc ", r4\n\t"                                                          \
+    "asr     " acc ", " acc ", #31\n\t"                                                         \
+    "adds    r11, r11, " acc ", lsl #31\n\t"                                                    \
+    "adc     r5, r5, " acc "\n\t"                                                               \
+    "asr     r5, r5, r6\n\t"                                                                    \
+    "qadd    r5, r5, r8\n\t"                                                                    \
+    "ssat    r5, #8, r5\n\t"                                                                    \
+    "strb    r5, [r9, #" off "]\n\t"
+/* The pixel loop: sums from init, the 9 taps (rows from p), the 4 stores by `store`, then the
+ * next pixel. The registers it uses are its own: r7 is saved and restored by the assembly,
+ * the others are clobbers, and the state's address comes in r12. */
+#define BNN_DW3_LOOP(store)                                                                    \
+    "push    {r7}\n\t"                                                                          \
+    "mov     r7, r12\n\t"                                                                       \
+    "ldr     r10, [r7, #168]\n\t"                                                               \
+    "ldr     lr, [r7, #176]\n"                                                                  \
+    "20:\n\t"                                                                                   \
+    "ldr     r11, [r7, #172]\n\t"                                                               \
+    "ldr     r9, [r7, #152]\n\t"                                                                \
+    "ldmia   r7, {r0, r1, r2, r3}\n\t"                                                          \
+    "add     r12, r7, #16\n\t" BNN_DW3_ROW                                                      \
+    "add     r9, r9, r11\n\t" BNN_DW3_ROW                                                       \
+    "add     r9, r9, r11\n\t" BNN_DW3_ROW                                                       \
+    "ldr     r9, [r7, #156]\n\t" store("r0", "0") store("r1", "1") store("r2", "2")             \
+    store("r3", "3")                                                                            \
+    "add     r9, r9, r10\n\t"                                                                   \
+    "str     r9, [r7, #156]\n\t"                                                                \
+    "ldr     r9, [r7, #152]\n\t"                                                                \
+    "ldr     r4, [r7, #160]\n\t"                                                                \
+    "add     r9, r9, r4\n\t"                                                                    \
+    "str     r9, [r7, #152]\n\t"                                                                \
+    "ldr     r4, [r7, #164]\n\t"                                                                \
+    "subs    r4, r4, #1\n\t"                                                                    \
+    "str     r4, [r7, #164]\n\t"                                                                \
+    "bne     20b\n\t"                                                                           \
+    "pop     {r7}\n\t"
+
+/* Depthwise 3x3 (dilation 1, depth multiplier 1) of 4 channels for st->n consecutive output
+ * pixels of one row whose windows lie inside the input, Cortex-M7, in one assembly loop: per
+ * tap one input load, one LDRD of the expanded weights, 2 SXTAB16 and 4 SMLAxy (9 taps: 74
+ * instructions); the stores by bnn_affine_fast (every channel's shift >= 32) or
+ * bnn_tflite_fast (every channel bnn_tflite_fast_ok), full int8 range. The same products and
+ * int32 sums as the C form: bit-exact. */
+BNN_NOINLINE void bnn_dw3_asm(bnn_dw3_state_t *state, int tflite)
+{
+    register bnn_dw3_state_t *p __asm__("r12") = state;
+    if (tflite) {
+        __asm__ volatile(BNN_DW3_LOOP(BNN_DW3_TFLITE)
+                         : "+r"(p)
+                         :
+                         : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11",
+                           "lr", "cc", "memory");
+    } else {
+        __asm__ volatile(BNN_DW3_LOOP(BNN_DW3_AFFINE)
+                         : "+r"(p)
+                         :
+                         : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11",
+                           "lr", "cc", "memory");
+    }
+}
+#undef BNN_DW3_TAP
+#undef BNN_DW3_ROW
+#undef BNN_DW3_AFFINE
+#undef BNN_DW3_TFLITE
+#undef BNN_DW3_LOOP
+#else
+#define BNN_DW3_ASM 0
+#endif
+
 /* Depthwise 3x3, dilation 1, depth multiplier 1, channels a multiple of 4, Cortex-M7: four
  * channels at a time over all output pixels, so that their 9 filter words are expanded once
  * (SXTB16 and SXTB16 ror 8) and kept; a pixel whose window lies inside the input runs the 9
@@ -88,6 +208,18 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t row = in_w * in_c; /* input elements between rows */
     const int32_t sh = params->stride_h, sw = params->stride_w;
+#if BNN_DW3_ASM
+    /* the output columns whose windows lie inside the input: x0 = ox * sw - pad_left >= 0 and
+     * x0 + 2 < in_w */
+    const int32_t ox_lo = (params->pad_left + sw - 1) / sw;
+    const int32_t last = in_w - 3 + params->pad_left; /* the largest ox * sw allowed */
+    const int32_t ox_hi = last < 0 ? 0 : (last / sw + 1 < out_w ? last / sw + 1 : out_w);
+    bnn_dw3_state_t st;
+    st.pstep = sw * in_c;
+    st.inc = in_c;
+    st.row = row;
+    st.neg_zp = neg_zp;
+#endif
     int32_t oc;
     for (oc = 0; oc < in_c; oc += 4) {
         int32_t w02[9], w13[9];
@@ -127,6 +259,35 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
             c_shift[t] -= 32;
         }
 #endif
+#if BNN_DW3_ASM
+        /* the interior pixels of a row by bnn_dw3_asm when all 4 channels take a fast store */
+        int use_asm = kind == BNN_OUT_AFFINE && fast4;
+        if (kind == BNN_OUT_TFLITE) {
+            use_asm = c_tfl[0].fast && c_tfl[1].fast && c_tfl[2].fast && c_tfl[3].fast;
+        }
+        if (use_asm) {
+            for (t = 0; t < 9; ++t) {
+                st.w[2 * t] = w02[t];
+                st.w[2 * t + 1] = w13[t];
+            }
+            for (t = 0; t < 4; ++t) {
+                int32_t *ch = st.ch + 4 * t;
+                if (kind == BNN_OUT_TFLITE) {
+                    st.init[t] = c_tfl[t].bias;
+                    ch[0] = c_tfl[t].mult;
+                    ch[1] = c_tfl[t].khi;
+                    ch[2] = c_tfl[t].em1;
+                    ch[3] = c_tfl[t].zp;
+                } else {
+                    st.init[t] = 0;
+                    ch[0] = c_mult[t];
+                    ch[1] = c_shift[t];
+                    ch[2] = bnn_s32_from_u32((uint32_t)(uint64_t)c_offset[t]);
+                    ch[3] = bnn_s32_from_u32((uint32_t)((uint64_t)c_offset[t] >> 32));
+                }
+            }
+        }
+#endif
         for (oy = 0; oy < out_h; ++oy) {
             const int32_t y0 = oy * sh - params->pad_top;
             const int rows_inside = y0 >= 0 && y0 + 2 < in_h;
@@ -134,6 +295,16 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
                 const int32_t x0 = ox * sw - params->pad_left;
                 const int32_t index = (oy * out_w + ox) * in_c + oc;
                 int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+#if BNN_DW3_ASM
+                if (use_asm && rows_inside && ox == ox_lo && ox_lo < ox_hi) {
+                    st.p = in + (size_t)((y0 * in_w + x0) * in_c + oc);
+                    st.y = (int8_t *)out + index;
+                    st.n = ox_hi - ox_lo;
+                    bnn_dw3_asm(&st, kind == BNN_OUT_TFLITE);
+                    ox = ox_hi - 1;
+                    continue;
+                }
+#endif
                 if (rows_inside && x0 >= 0 && x0 + 2 < in_w) {
                     const int8_t *p0 = in + (size_t)((y0 * in_w + x0) * in_c + oc);
                     const int8_t *p1 = p0 + row;
