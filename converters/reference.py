@@ -735,7 +735,7 @@ def quantize(ctx: _Ctx) -> np.ndarray:
     ``(q, shift) = QuantizeMultiplier(double(s_in) / double(s_out))``,
     ``y = clamp(MultiplyByQuantizedMultiplier(x - zp_in, q, shift) + zp_out)``.
     QKeras (``rounding="half_even"``, ``qrange``): float input rounded half to even and clamped to
-    the quantizer's range; int8 input with the ``affine`` transform:
+    the quantizer's range; a NaN input gives the range's low end; int8 input with the ``affine`` transform:
     ``y = clamp(round_half_even(((x - zp_in) * M[0] + B[0]) / 2**S[0]), lo, hi)``.
     """
     x = ctx.x(0)
@@ -751,7 +751,10 @@ def quantize(ctx: _Ctx) -> np.ndarray:
             r = np.rint(q)
         else:
             r = _round_half_away(q)
+        nan = np.isnan(r)  # NaN gives the range's low end (the C kernel's contract)
+        r = np.where(nan, 0.0, r)
         y = np.clip(r.astype(np.float64), -(2.0**31), 2.0**31 - 1).astype(np.int64) + zp_out
+        y = np.where(nan, lo, y)
     else:
         s_in, zp_in = _scalar_quant(ctx.t(0).quant)
         q, shift = quantize_multiplier(float(_f32(s_in)) / float(_f32(s_out)))

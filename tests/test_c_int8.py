@@ -1019,7 +1019,7 @@ def _quantize_inputs(rng: np.random.Generator, scale: float) -> np.ndarray:
     s = np.float32(scale)
     ties = (np.arange(-300, 300, dtype=np.float32) + np.float32(0.5)) * s  # exact for 2**k
     near_half = np.asarray([0.49999997, -0.49999997, 0.50000006, 1.4999999, 2.5000002], np.float32)
-    special = np.asarray([0.0, -0.0, 1e30, -1e30, np.inf, -np.inf, 1e-30, 126.5, -128.5])
+    special = np.asarray([0.0, -0.0, 1e30, -1e30, np.inf, -np.inf, 1e-30, 126.5, -128.5, np.nan])
     return np.concatenate(
         [
             ties,
@@ -1034,7 +1034,13 @@ def _quantize_inputs(rng: np.random.Generator, scale: float) -> np.ndarray:
 @pytest.mark.parametrize("rounding", ["half_away", "half_even"])
 @pytest.mark.parametrize(
     "scale, zp, qrange",
-    [(0.25, 0, None), (0.25, -128, None), (1.0, 127, (-127, 127)), (0.0137, 3, (0, 100))],
+    [
+        (0.25, 0, None),
+        (0.25, -128, None),
+        (0.25, 127, None),
+        (1.0, 127, (-127, 127)),
+        (0.0137, 3, (0, 100)),
+    ],
 )
 def test_quantize(
     backend: Any, rounding: str, scale: float, zp: int, qrange: tuple[int, int] | None

@@ -43,7 +43,7 @@
 #endif
 
 /* round(v) + zero_point, clamped to [qmin, qmax] */
-static inline int8_t quantize_one(float v, bnn_rounding_t rounding, int32_t zero_point,
+BNN_ALWAYS_INLINE int8_t quantize_one(float v, bnn_rounding_t rounding, int32_t zero_point,
                                   int32_t qmin, int32_t qmax)
 {
     float magnitude;
@@ -60,7 +60,9 @@ static inline int8_t quantize_one(float v, bnn_rounding_t rounding, int32_t zero
             __asm__("vcvtn.s32.f32 %0, %1" : "=t"(t) : "t"(v));
         }
         __asm__("vmov %0, %1" : "=r"(r) : "t"(t));
-        return (int8_t)bnn_clamp((int64_t)r + zero_point, qmin, qmax);
+        /* r + zero_point saturated to int32 (QADD), then the clamp in 32 bits: the same result
+         * as the exact sum clamped, as [qmin, qmax] lies far inside int32 */
+        return (int8_t)bnn_clamp32(__qadd(r, zero_point), qmin, qmax);
     }
 #endif
     magnitude = v < 0.0f ? -v : v;
@@ -84,6 +86,25 @@ static inline int8_t quantize_one(float v, bnn_rounding_t rounding, int32_t zero
     return (int8_t)bnn_clamp((int64_t)r + zero_point, qmin, qmax);
 }
 
+#if BNN_QUANTIZE_VCVT
+/* quantize_one for the full int8 range on the M7: SSAT clamps r + zero_point (QADD) */
+BNN_ALWAYS_INLINE int8_t quantize_full(float v, bnn_rounding_t rounding, int32_t zero_point)
+{
+    float t;
+    int32_t r;
+    if (v != v) { /* NaN */
+        return (int8_t)BNN_INT8_MIN;
+    }
+    if (rounding == BNN_ROUND_HALF_AWAY) {
+        __asm__("vcvta.s32.f32 %0, %1" : "=t"(t) : "t"(v));
+    } else {
+        __asm__("vcvtn.s32.f32 %0, %1" : "=t"(t) : "t"(v));
+    }
+    __asm__("vmov %0, %1" : "=r"(r) : "t"(t));
+    return (int8_t)__ssat(__qadd(r, zero_point), 8);
+}
+#endif
+
 bnn_status_t bnn_quantize_f32_s8(int32_t size, const float *in, float scale, int32_t zero_point,
                                  bnn_rounding_t rounding, int32_t qmin, int32_t qmax,
                                  int8_t *out)
@@ -95,8 +116,30 @@ bnn_status_t bnn_quantize_f32_s8(int32_t size, const float *in, float scale, int
         !bnn_zero_point_ok(zero_point) || !bnn_int8_range_ok(qmin, qmax)) {
         return BNN_ERROR_ARGUMENT;
     }
-    for (i = 0; i < size; ++i) {
-        out[i] = quantize_one(in[i] / scale, rounding, zero_point, qmin, qmax);
+    /* one loop per rounding (quantize_one inlined with a constant rounding); on the M7 the
+     * full int8 range (the usual one) clamps by SSAT */
+#if BNN_QUANTIZE_VCVT
+    if (qmin == BNN_INT8_MIN && qmax == BNN_INT8_MAX) {
+        if (rounding == BNN_ROUND_HALF_AWAY) {
+            for (i = 0; i < size; ++i) {
+                out[i] = quantize_full(in[i] / scale, BNN_ROUND_HALF_AWAY, zero_point);
+            }
+        } else {
+            for (i = 0; i < size; ++i) {
+                out[i] = quantize_full(in[i] / scale, BNN_ROUND_HALF_EVEN, zero_point);
+            }
+        }
+        return BNN_OK;
+    }
+#endif
+    if (rounding == BNN_ROUND_HALF_AWAY) {
+        for (i = 0; i < size; ++i) {
+            out[i] = quantize_one(in[i] / scale, BNN_ROUND_HALF_AWAY, zero_point, qmin, qmax);
+        }
+    } else {
+        for (i = 0; i < size; ++i) {
+            out[i] = quantize_one(in[i] / scale, BNN_ROUND_HALF_EVEN, zero_point, qmin, qmax);
+        }
     }
     return BNN_OK;
 }
