@@ -42,7 +42,10 @@
  *
  * bnn_bconv2d_add (bnn_kernels.h): the same convolution with BNN_OUT_AFFINE, each pixel's int8
  * outputs then added to the residual by bnn_add_s8's arithmetic (bnn_add_s8_run, its constants
- * prepared once per call) and written to `out`, which may be the residual itself.
+ * prepared once per call) and written to `out`, which may be the residual itself. On the
+ * Cortex-M7 the store and the Add are one assembly pass (bnn_bconv2d_sum_asm) when every
+ * channel's shift is 16..31 or every one >= 32, the Add's shift likewise, and both ranges are
+ * the full int8 one.
  *
  * Plain C path: per output pixel and channel, every tap is checked against the input bounds
  * and each word is counted with the SWAR popcount (multiply by 0x01010101).
@@ -335,8 +338,9 @@ static int32_t bnn_bconv2d_shift_class(const int8_t *shift, int32_t n)
     return hi == n ? BNN_BCONV2D_SUM_CONV_HI : (lo == n ? 0 : -1);
 }
 
-/* sum->fast for bnn_bconv2d_add's output and Add (add valid and AFFINE, output AFFINE): 0 if
- * the fast forms do not apply (a range narrower than int8, or a shift below 16). */
+/* bnn_bconv2d_sum_asm's variant for bnn_bconv2d_add's output and Add (add valid and AFFINE,
+ * output AFFINE): 0 if the fast forms do not apply (a range narrower than int8, or a shift
+ * below 16). */
 static int32_t bnn_bconv2d_sum_variant(const bnn_output_t *output, const bnn_add_params_t *add,
                                        int32_t channels)
 {

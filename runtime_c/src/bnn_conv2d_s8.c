@@ -26,7 +26,8 @@
  * (bnn_conv_dsp_*: 1 KB; bnn_conv_dsp_big_*: 2 KB, only for pointwise layers deeper than 128):
  *  - pointwise (1x1, no padding), C a multiple of 4: blocks of 4 pixels (C <= 256; inputs
  *    expanded once to int16 pairs, then per output channel an assembly loop of LDMs and SMLADs
- *    and the 4 outputs stored with the channel's constants read once, bnn_conv_x4_channels),
+ *    and the 4 outputs stored with the channel's constants read once, bnn_conv_x4_channels;
+ *    the whole channel loop in assembly, bnn_x4_asm, when every channel takes a fast store),
  *    then pairs of pixels x pairs of channels (C <= 512), bnn_conv_1x1x_body;
  *  - other pointwise: pairs reading the int8 inputs directly, bnn_conv_1x1_body;
  *  - a window of at most BNN_PATCH4_MAX taps (KH * KW * C; the stems): the same 4-pixel blocks

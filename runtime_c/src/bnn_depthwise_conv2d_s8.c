@@ -28,7 +28,8 @@
  * products are summed modulo 2^32 in the same int32 accumulators: bit-exact with the plain
  * path, which handles the remaining channels and M > 1. A 3x3 kernel with dilation 1 and C a
  * multiple of 4 takes depthwise_3x3_body: four channels at a time over all pixels, the filter
- * words expanded once, interior pixels unrolled.
+ * words expanded once, interior pixels unrolled; a row's interior pixels in one assembly loop
+ * (bnn_dw3_asm) when the 4 channels take the fast stores (bnn_requant.h).
  * Each path is compiled once per output transform (bnn_depthwise_conv2d_s8_affine / _tflite /
  * _float, which generated code calls); bnn_depthwise_conv2d_s8 dispatches on output->kind.
  */
