@@ -706,6 +706,61 @@ __attribute__((naked)) static uint64_t bnn_bconv2d_run2_asm(const uint32_t *a BN
                      "mov     r1, r12\n\t"
                      "pop     {r4-r11, pc}\n\t");
 }
+
+/* One group of 3 taps of bnn_bconv2d_pair9_asm: the window words (r4..r6 by `load`, from r0,
+ * which stays fixed) XOR the filter pairs (LDM from r1, moving on), 4-bit counts added, folded
+ * into bytes (<= 24 per byte) and added to the byte sums in r7 (by `start`; the first group
+ * starts them). */
+#define BNN_BCONV2D_PAIR9_GROUP(load, start)                                                   \
+    load                                                                                       \
+    "ldmia   r1!, {r8, r9, r10}\n\t"                                                             \
+    "eor     r4, r4, r8\n\t"                                                                      \
+    "eor     r5, r5, r9\n\t"                                                                      \
+    "eor     r6, r6, r10\n\t"                                                                     \
+    BNN_BCONV2D_NIB_ASM("r4", "r8") BNN_BCONV2D_NIB_ASM("r5", "r9")                            \
+    BNN_BCONV2D_NIB_ASM("r6", "r10")                                                           \
+    "add     r4, r4, r5\n\t"                                                                      \
+    "add     r4, r4, r6\n\t"                                                                      \
+    "and     r8, r4, #0x0F0F0F0F\n\t"                                                             \
+    "and     r4, r4, #0xF0F0F0F0\n\t" start
+
+/* bnn_bconv2d_pair_accs for a 3x3 window (9 words x | x << 16 at buf) and npairs >= 1 filter
+ * pairs (9 words w1 | w2 << 16 each, from fp), in one assembly loop: per pair the 9 XORs and
+ * 4-bit counts, the bytes summed (<= 72: bytes 0 + 1 count the first channel, 2 + 3 the
+ * second), and acc[2p], acc[2p + 1] = k_all - 2 * count stored by STRD: 87 instructions per
+ * pair (the C loop: 112, its 9 window words spilled). A naked function (the arguments in r0-r3
+ * and, fifth, on the stack: AAPCS), as bnn_bconv2d_run2_asm. */
+__attribute__((naked)) static void bnn_bconv2d_pair9_asm(const uint32_t *buf BNN_ASM_ARG,
+                                                         const uint32_t *fp BNN_ASM_ARG,
+                                                         int32_t npairs BNN_ASM_ARG,
+                                                         int32_t *acc BNN_ASM_ARG,
+                                                         int32_t k_all BNN_ASM_ARG)
+{
+    __asm__ volatile("push    {r4-r11, lr}\n\t"
+                     "ldr     r12, [sp, #36]\n\t" /* k_all, the fifth argument */
+                     "mov     r11, #0x55555555\n\t"
+                     "mov     lr, #0x33333333\n"
+                     "1:\n\t" BNN_BCONV2D_PAIR9_GROUP("ldmia   r0, {r4, r5, r6}\n\t",
+                                                       "add     r7, r8, r4, lsr #4\n\t")
+                     BNN_BCONV2D_PAIR9_GROUP("add     r4, r0, #12\n\t"
+                                             "ldmia   r4, {r4, r5, r6}\n\t",
+                                             "add     r8, r8, r4, lsr #4\n\t"
+                                             "add     r7, r7, r8\n\t")
+                     BNN_BCONV2D_PAIR9_GROUP("add     r4, r0, #24\n\t"
+                                             "ldmia   r4, {r4, r5, r6}\n\t",
+                                             "add     r8, r8, r4, lsr #4\n\t"
+                                             "add     r7, r7, r8\n\t")
+                     "add     r7, r7, r7, lsr #8\n\t" /* byte 0: 0 + 1, byte 2: 2 + 3 */
+                     "and     r4, r7, #0xFF\n\t"
+                     "ubfx    r5, r7, #16, #8\n\t"
+                     "sub     r4, r12, r4, lsl #1\n\t"
+                     "sub     r5, r12, r5, lsl #1\n\t"
+                     "strd    r4, r5, [r3], #8\n\t"
+                     "subs    r2, r2, #1\n\t"
+                     "bne     1b\n\t"
+                     "pop     {r4-r11, pc}\n\t");
+}
+#undef BNN_BCONV2D_PAIR9_GROUP
 #undef BNN_ASM_ARG
 #undef BNN_BCONV2D_NIB_ASM
 #undef BNN_BCONV2D_RUN2_STEP
@@ -777,6 +832,12 @@ static void bnn_bconv2d_pair_accs(int32_t k_all, const uint32_t *buf, const uint
 {
     int32_t p;
     BNN_BCONV2D_MASKS;
+#if BNN_BCONV2D_RUN2_ASM
+    if (taps == 9 && npairs > 0) {
+        bnn_bconv2d_pair9_asm(buf, fp, npairs, acc, k_all);
+        return;
+    }
+#endif
     if (taps == 9) { /* 3x3, unrolled: the window's 9 words are the same for every pair */
         const uint32_t x0 = buf[0], x1 = buf[1], x2 = buf[2], x3 = buf[3], x4 = buf[4];
         const uint32_t x5 = buf[5], x6 = buf[6], x7 = buf[7], x8 = buf[8];
