@@ -949,6 +949,21 @@ static void bnn_bconv2d_gather(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_wi
     int32_t row_words = g->kw * g->nw;
     int32_t i;
     int32_t k;
+    if (win->full && row_words == 3) { /* the usual interior window: 3 words per kernel row */
+        const uint32_t *src = win->x0;
+        for (i = 0; i < g->kh; ++i, src += in_row, buf += 3) {
+            uint32_t a = src[0], b = src[1], c = src[2];
+            if (dup) {
+                a |= a << 16;
+                b |= b << 16;
+                c |= c << 16;
+            }
+            buf[0] = a;
+            buf[1] = b;
+            buf[2] = c;
+        }
+        return;
+    }
     for (i = 0; i < g->kh; ++i) {
         uint32_t *dst = buf + (size_t)i * (size_t)row_words;
         if (i < win->i_lo || i >= win->i_hi) {
