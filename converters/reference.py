@@ -735,7 +735,8 @@ def quantize(ctx: _Ctx) -> np.ndarray:
     ``(q, shift) = QuantizeMultiplier(double(s_in) / double(s_out))``,
     ``y = clamp(MultiplyByQuantizedMultiplier(x - zp_in, q, shift) + zp_out)``.
     QKeras (``rounding="half_even"``, ``qrange``): float input rounded half to even and clamped to
-    the quantizer's range; a NaN input gives the range's low end; int8 input with the ``affine`` transform:
+    the quantizer's range; a NaN input gives the range's low end; int8 input with the ``affine``
+    transform:
     ``y = clamp(round_half_even(((x - zp_in) * M[0] + B[0]) / 2**S[0]), lo, hi)``.
     """
     x = ctx.x(0)
