@@ -470,6 +470,34 @@ def _conv_id(case: tuple[Geo, int, int, int]) -> str:
     return f"{g.h}x{g.w}x{c}-k{g.kh}x{g.kw}-s{g.stride[0]}{g.stride[1]}-{g.padding}-o{o}-zp{zp}"
 
 
+def _conv_and_check(
+    backend: Any,
+    geo: Geo,
+    zp_in: int,
+    mac: MacOutput,
+    x: np.ndarray,
+    w: np.ndarray,
+    expected: np.ndarray,
+) -> None:
+    """bnn_conv2d_s8 on x and w into a sentinel-filled output: BNN_OK and the reference's
+    values."""
+    out = _sentinel(expected.shape, np.float32 if mac.kind == "float" else np.int8)
+    status = backend.call(
+        "bnn_conv2d_s8",
+        _ctx(),
+        geo.params(zp_in),
+        mac.struct,
+        dims(*x.shape),
+        x,
+        dims(*w.shape),
+        w,
+        dims(*expected.shape),
+        out,
+    )
+    assert status == BNN_OK
+    _assert_same(out, expected)
+
+
 @pytest.mark.parametrize("kind", TRANSFORMS)
 @pytest.mark.parametrize("case", CONV_CASES, ids=_conv_id)
 def test_conv2d(backend: Any, case: tuple[Geo, int, int, int], kind: str) -> None:
@@ -481,25 +509,11 @@ def test_conv2d(backend: Any, case: tuple[Geo, int, int, int], kind: str) -> Non
     oh, ow = geo.out_hw()
     mac = _mac_output(kind, rng, o, geo.kh * geo.kw * c, variant)
     expected = _mac_case("Conv2D", x, zp_in, w, 0, (1, oh, ow, o), mac, geo.attrs())
-    out = _sentinel((1, oh, ow, o), np.float32 if kind == "float" else np.int8)
     scratch = backend.int_function(
         "bnn_conv2d_s8_scratch_size", dims(*x.shape), dims(*w.shape), dims(1, oh, ow, o)
     )
     assert scratch == 0
-    status = backend.call(
-        "bnn_conv2d_s8",
-        _ctx(),
-        geo.params(zp_in),
-        mac.struct,
-        dims(*x.shape),
-        x,
-        dims(*w.shape),
-        w,
-        dims(1, oh, ow, o),
-        out,
-    )
-    assert status == BNN_OK
-    _assert_same(out, expected)
+    _conv_and_check(backend, geo, zp_in, mac, x, w, expected)
 
 
 # --------------------------------------------------------------------------------------------
@@ -696,21 +710,7 @@ def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind:
     expected = _mac_case("Conv2D", x, zp_in, w, 0, (1, oh, ow, o), mac, geo.attrs())
     inside = (expected > -128) & (expected < 127)
     assert np.sum(inside) >= 8 and len(np.unique(expected[inside])) >= 4, "all clamped"
-    out = _sentinel((1, oh, ow, o), np.int8)
-    status = backend.call(
-        "bnn_conv2d_s8",
-        _ctx(),
-        geo.params(zp_in),
-        mac.struct,
-        dims(*x.shape),
-        x,
-        dims(*w.shape),
-        w,
-        dims(1, oh, ow, o),
-        out,
-    )
-    assert status == BNN_OK
-    _assert_same(out, expected)
+    _conv_and_check(backend, geo, zp_in, mac, x, w, expected)
 
 
 def test_depthwise_affine_ties(backend: Any) -> None:
