@@ -689,7 +689,7 @@ def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind:
     """Convolutions in the M7's 4-pixel blocks whose every channel takes the fast store, so
     that the whole channel loop runs in assembly (bnn_x4_asm): TFLite (bias, two roundings,
     multipliers over [2^30, 2^31), right shifts 2 .. 31, biases that wrap, output zero points
-    at both ends) and affine (shifts >= 32: ties, a zero and a saturating multiplier), with
+    -90, 100 and 3) and affine (shifts >= 32: ties, a zero and a saturating multiplier), with
     the full int8 range. The same integers as the reference; the other backends run the same
     cases through their C paths."""
     geo, c, o, zp_in = case
@@ -1593,7 +1593,28 @@ def test_depthwise_tflite_every_multiplier_and_shift(
     zp_in = 127
     lo, hi, zp_out = act
     geo = Geo(9, 11, 3, 3, padding="same")
-    oh, ow = geo.out_hw()
+    got = _depthwise_tflite_call(backend, geo, zp_in, x, w, (bias, mult, shift), act)
+    scaled = _depthwise_tflite_scaled(x, w, zp_in, geo, bias, mult, shift)
+    want = np.clip(scaled + zp_out, lo, hi)
+    assert (np.abs(scaled[..., 8:]) < 90).mean() > 0.7
+    assert np.array_equal(got, want.astype(np.int8))
+
+
+def _depthwise_tflite_call(
+    backend: Any,
+    geo: Geo,
+    zp_in: int,
+    x: np.ndarray,
+    w: np.ndarray,
+    constants: tuple[np.ndarray, np.ndarray, np.ndarray],
+    act: tuple[int, int, int],
+) -> np.ndarray:
+    """bnn_depthwise_conv2d_s8 (depth multiplier 1) with a TFLite store: constants (bias,
+    multipliers, shifts), act (act_min, act_max, output zero point); returns the output as
+    [OH, OW, C] after checking BNN_OK."""
+    bias, mult, shift = constants
+    lo, hi, zp_out = act
+    (oh, ow), c = geo.out_hw(), x.shape[-1]
     out = _sentinel((1, oh, ow, c), np.int8)
     output = Struct(
         "bnn_output_t",
@@ -1608,10 +1629,7 @@ def test_depthwise_tflite_every_multiplier_and_shift(
     args = [_ctx(), geo.params(zp_in, 1), output, dims(*x.shape), x, dims(*w.shape), w]
     status = backend.call("bnn_depthwise_conv2d_s8", *args, dims(1, oh, ow, c), out)
     assert status == BNN_OK
-    scaled = _depthwise_tflite_scaled(x, w, zp_in, geo, bias, mult, shift)
-    want = np.clip(scaled + zp_out, lo, hi)
-    assert (np.abs(scaled[..., 8:]) < 90).mean() > 0.7
-    assert np.array_equal(out.reshape(oh, ow, c), want.astype(np.int8))
+    return out.reshape(oh, ow, c)
 
 
 def _depthwise_tflite_scaled(
@@ -1660,25 +1678,13 @@ def test_depthwise_tflite_fast_channels(backend: Any, zp_out: int, stride: int) 
     bias = rng.integers(-(2**12), 2**12, c).astype(np.int32)
     zp_in = -5
     geo = Geo(11, 13, 3, 3, stride=(stride, stride), padding="same")
-    oh, ow = geo.out_hw()
-    out = _sentinel((1, oh, ow, c), np.int8)
-    output = Struct(
-        "bnn_output_t",
-        kind=OUT_TFLITE,
-        bias=bias,
-        q_mult=mult.astype(np.int32),
-        q_shift=shift,
-        out_zero_point=zp_out,
-        act_min=-128,
-        act_max=127,
+    got = _depthwise_tflite_call(
+        backend, geo, zp_in, x, w, (bias, mult, shift), (-128, 127, zp_out)
     )
-    args = [_ctx(), geo.params(zp_in, 1), output, dims(*x.shape), x, dims(*w.shape), w]
-    status = backend.call("bnn_depthwise_conv2d_s8", *args, dims(1, oh, ow, c), out)
-    assert status == BNN_OK
     scaled = _depthwise_tflite_scaled(x, w, zp_in, geo, bias, mult, shift)
     assert (np.abs(scaled) < 100).mean() > 0.6
     want = np.clip(scaled + zp_out, -128, 127)
-    assert np.array_equal(out.reshape(oh, ow, c), want.astype(np.int8))
+    assert np.array_equal(got, want.astype(np.int8))
 
 
 @pytest.mark.parametrize("channels", [16, 11])

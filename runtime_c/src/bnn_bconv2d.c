@@ -663,11 +663,10 @@ static uint32_t bnn_bconv2d_xor_run(const uint32_t *a, const uint32_t *b, int32_
     "and     " t ", lr, " v ", lsr #2\n\t"                                                        \
     "and     " v ", " v ", lr\n\t"                                                                \
     "add     " v ", " v ", " t "\n\t"
-/* One filter's 3 words (LDM from `b`) against the 3 input words (LDM from r0, `wb` "!" to move
- * on): XOR, 4-bit counts added (<= 12 per group), folded into bytes (<= 24) and summed into
- * `total` by USADA8 against 0. */
-#define BNN_BCONV2D_RUN2_STEP(wb, b, total)                                                    \
-    "ldmia   r0" wb ", {r4, r5, r6}\n\t"                                                          \
+/* 3 input words (r4..r6, loaded by the caller) XOR 3 filter words (LDM from `b`, moving on),
+ * their 4-bit counts added (<= 12 per group) and split for the fold into bytes: r8 the low
+ * nibbles, r4 the high ones (the caller adds r8 + (r4 >> 4), <= 24 per byte). */
+#define BNN_BCONV2D_COUNT3(b)                                                                  \
     "ldmia   " b "!, {r8, r9, r10}\n\t"                                                          \
     "eor     r4, r4, r8\n\t"                                                                      \
     "eor     r5, r5, r9\n\t"                                                                      \
@@ -677,7 +676,11 @@ static uint32_t bnn_bconv2d_xor_run(const uint32_t *a, const uint32_t *b, int32_
     "add     r4, r4, r5\n\t"                                                                      \
     "add     r4, r4, r6\n\t"                                                                      \
     "and     r8, r4, #0x0F0F0F0F\n\t"                                                             \
-    "and     r4, r4, #0xF0F0F0F0\n\t"                                                             \
+    "and     r4, r4, #0xF0F0F0F0\n\t"
+/* One filter's 3 words (from `b`) against the 3 input words (LDM from r0, `wb` "!" to move
+ * on): BNN_BCONV2D_COUNT3, the bytes summed into `total` by USADA8 against 0. */
+#define BNN_BCONV2D_RUN2_STEP(wb, b, total)                                                    \
+    "ldmia   r0" wb ", {r4, r5, r6}\n\t" BNN_BCONV2D_COUNT3(b)                                   \
     "add     r4, r8, r4, lsr #4\n\t"                                                              \
     "mov     r8, #0\n\t"                                                                          \
     "usada8  " total ", r4, r8, " total "\n\t"
@@ -708,21 +711,9 @@ __attribute__((naked)) static uint64_t bnn_bconv2d_run2_asm(const uint32_t *a BN
 }
 
 /* One group of 3 taps of bnn_bconv2d_pair9_asm: the window words (r4..r6 by `load`, from r0,
- * which stays fixed) XOR the filter pairs (LDM from r1, moving on), 4-bit counts added, folded
- * into bytes (<= 24 per byte) and added to the byte sums in r7 (by `start`; the first group
- * starts them). */
-#define BNN_BCONV2D_PAIR9_GROUP(load, start)                                                   \
-    load                                                                                       \
-    "ldmia   r1!, {r8, r9, r10}\n\t"                                                             \
-    "eor     r4, r4, r8\n\t"                                                                      \
-    "eor     r5, r5, r9\n\t"                                                                      \
-    "eor     r6, r6, r10\n\t"                                                                     \
-    BNN_BCONV2D_NIB_ASM("r4", "r8") BNN_BCONV2D_NIB_ASM("r5", "r9")                            \
-    BNN_BCONV2D_NIB_ASM("r6", "r10")                                                           \
-    "add     r4, r4, r5\n\t"                                                                      \
-    "add     r4, r4, r6\n\t"                                                                      \
-    "and     r8, r4, #0x0F0F0F0F\n\t"                                                             \
-    "and     r4, r4, #0xF0F0F0F0\n\t" start
+ * which stays fixed) against the filter pairs (from r1) by BNN_BCONV2D_COUNT3, the bytes added
+ * to the byte sums in r7 by `start` (the first group starts them). */
+#define BNN_BCONV2D_PAIR9_GROUP(load, start) load BNN_BCONV2D_COUNT3("r1") start
 
 /* bnn_bconv2d_pair_accs for a 3x3 window (9 words x | x << 16 at buf) and npairs >= 1 filter
  * pairs (9 words w1 | w2 << 16 each, from fp), in one assembly loop: per pair the 9 XORs and
@@ -763,6 +754,7 @@ __attribute__((naked)) static void bnn_bconv2d_pair9_asm(const uint32_t *buf BNN
 #undef BNN_BCONV2D_PAIR9_GROUP
 #undef BNN_ASM_ARG
 #undef BNN_BCONV2D_NIB_ASM
+#undef BNN_BCONV2D_COUNT3
 #undef BNN_BCONV2D_RUN2_STEP
 #else
 #define BNN_BCONV2D_RUN2_ASM 0

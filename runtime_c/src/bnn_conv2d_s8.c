@@ -266,6 +266,17 @@ typedef struct {
     "cmp     r9, r7\n\t"                                                                        \
     "bne     10b\n\t"
 
+/* The loop's start: r7 saved, the state in lr, the weights in r11; per channel (label 10) the
+ * two-group bound in r12. */
+#define BNN_X4A_ENTER                                                                          \
+    "push    {r7}\n\t"                                                                          \
+    "mov     lr, r12\n\t"                                                                        \
+    "ldr     r11, [lr, #8]\n"                                                                    \
+    "10:\n\t"                                                                                    \
+    "ldr     r12, [lr, #4]\n\t"
+#define BNN_X4A_CLOBBERS                                                                       \
+    "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc", "memory"
+
 /* bnn_conv_x4_channels in one assembly loop over the channels o_begin .. o_end - 1, for the
  * fast stores only: TFLite with a bias, two roundings, every channel bnn_tflite_fast_ok and the
  * full int8 range, or affine with every shift >= 32 and the full range (bnn_x4_asm_ok). The
@@ -298,11 +309,7 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
         st.c1 = output->q_mult + o_begin;
         st.c2 = output->q_shift + o_begin;
         __asm__ volatile(
-            "push    {r7}\n\t"
-            "mov     lr, r12\n\t"
-            "ldr     r11, [lr, #8]\n"
-            "10:\n\t"
-            "ldr     r12, [lr, #4]\n\t" BNN_X4A_NEXT("ldr", "r0", "28", "4")
+            BNN_X4A_ENTER BNN_X4A_NEXT("ldr", "r0", "28", "4")
             "mov     r1, r0\n\t"
             "mov     r2, r0\n\t"
             "mov     r3, r0\n\t" BNN_X4A_MACS BNN_X4A_NEXT("ldr", "r4", "32", "4")
@@ -319,18 +326,13 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
             "pop     {r7}\n\t"
             : "+r"(p)
             :
-            : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc",
-              "memory");
+            : BNN_X4A_CLOBBERS);
     } else {
         st.c0 = output->a_mult + o_begin;
         st.c1 = output->a_offset + o_begin;
         st.c2 = output->a_shift + o_begin;
         __asm__ volatile(
-            "push    {r7}\n\t"
-            "mov     lr, r12\n\t"
-            "ldr     r11, [lr, #8]\n"
-            "10:\n\t"
-            "ldr     r12, [lr, #4]\n\t"
+            BNN_X4A_ENTER
             "mov     r0, #0\n\t"
             "mov     r1, #0\n\t"
             "mov     r2, #0\n\t"
@@ -345,8 +347,7 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
             "pop     {r7}\n\t"
             : "+r"(p)
             :
-            : "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc",
-              "memory");
+            : BNN_X4A_CLOBBERS);
     }
 }
 #undef BNN_X4A_GROUP
@@ -355,6 +356,8 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
 #undef BNN_X4A_TFLITE_STEP
 #undef BNN_X4A_AFFINE_STEP
 #undef BNN_X4A_STORE4
+#undef BNN_X4A_ENTER
+#undef BNN_X4A_CLOBBERS
 
 /* Whether bnn_x4_asm applies to every channel of a call (checked once per call). */
 BNN_ALWAYS_INLINE int bnn_x4_asm_ok(bnn_out_kind_t kind, const bnn_output_t *output,
