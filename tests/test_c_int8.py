@@ -293,6 +293,30 @@ def _tflite_output(
     return MacOutput("tflite", consts, {"activation": activation}, "int8", out_quant, ws, struct)
 
 
+def _affine_transform(
+    mult: np.ndarray, shift: np.ndarray, offset: np.ndarray, clamp: tuple[int, int]
+) -> tuple[list[Tensor], dict[str, Any], Struct]:
+    """The affine output transform's IR constants and attrs, and its C ``bnn_output_t`` (the
+    rounding-ready offset), for per-channel constants from affine_constants."""
+    c = mult.size
+    consts = [
+        Tensor("multiplier", (c,), "int32", data=mult),
+        Tensor("shift", (c,), "int8", data=shift),
+        Tensor("offset", (c,), "int64", data=offset),
+    ]
+    struct = Struct(
+        "bnn_output_t",
+        kind=OUT_AFFINE,
+        a_mult=mult,
+        a_shift=shift,
+        a_offset=rounding_ready(offset, shift),
+        act_min=clamp[0],
+        act_max=clamp[1],
+        out_zero_point=99,  # unused by the affine transform
+    )
+    return consts, {"output_transform": "affine", "clamp": clamp}, struct
+
+
 def _affine_output(
     rng: np.random.Generator, channels: int, acc_bound: int, k_len: int, clamp: tuple[int, int]
 ) -> MacOutput:
@@ -305,22 +329,7 @@ def _affine_output(
     if channels > 2:
         b[2] = 0.5  # a tie, where round-half-even matters
     mult, shift, offset = affine_constants(m, b, acc_bound, "test")
-    struct = Struct(
-        "bnn_output_t",
-        kind=OUT_AFFINE,
-        a_mult=mult,
-        a_shift=shift,
-        a_offset=rounding_ready(offset, shift),
-        act_min=clamp[0],
-        act_max=clamp[1],
-        out_zero_point=99,  # unused by the affine transform
-    )
-    consts = [
-        Tensor("multiplier", (channels,), "int32", data=mult),
-        Tensor("shift", (channels,), "int8", data=shift),
-        Tensor("offset", (channels,), "int64", data=offset),
-    ]
-    attrs = {"output_transform": "affine", "clamp": clamp}
+    consts, attrs, struct = _affine_transform(mult, shift, offset, clamp)
     return MacOutput(
         "affine", consts, attrs, "int8", Quant.per_tensor(S_OUT, 0), np.ones(channels), struct
     )
@@ -592,21 +601,7 @@ def _affine_exact_output(m: np.ndarray, b: np.ndarray, acc_bound: int) -> MacOut
     constants represent exactly (powers of two, (half-)integers): many results are ties."""
     c = m.size
     mult, shift, offset = affine_constants(m, b, acc_bound, "test")
-    consts = [
-        Tensor("multiplier", (c,), "int32", data=mult),
-        Tensor("shift", (c,), "int8", data=shift),
-        Tensor("offset", (c,), "int64", data=offset),
-    ]
-    struct = Struct(
-        "bnn_output_t",
-        kind=OUT_AFFINE,
-        a_mult=mult,
-        a_shift=shift,
-        a_offset=rounding_ready(offset, shift),
-        act_min=-128,
-        act_max=127,
-    )
-    attrs = {"output_transform": "affine", "clamp": (-128, 127)}
+    consts, attrs, struct = _affine_transform(mult, shift, offset, (-128, 127))
     return MacOutput("affine", consts, attrs, "int8", Quant.per_tensor(1.0, 0), np.ones(c), struct)
 
 
@@ -1112,21 +1107,7 @@ def test_requantize(
         )
     else:
         mult, shift_a, offset = shared_shift_constants([s_in / s_out], zp_out, 255, "test")
-        consts = [
-            Tensor("multiplier", (1,), "int32", data=mult),
-            Tensor("shift", (1,), "int8", data=shift_a),
-            Tensor("offset", (1,), "int64", data=offset),
-        ]
-        attrs = {"output_transform": "affine", "clamp": (-120, 100)}
-        struct = Struct(
-            "bnn_output_t",
-            kind=OUT_AFFINE,
-            a_mult=mult,
-            a_shift=shift_a,
-            a_offset=rounding_ready(offset, shift_a),
-            act_min=-120,
-            act_max=100,
-        )
+        consts, attrs, struct = _affine_transform(mult, shift_a, offset, (-120, 100))
     expected = _reference(_one_op_graph("Quantize", [x_t, *consts], y_t, attrs), {"x": x})
     out = _sentinel(x.shape, np.int8)
     assert backend.call("bnn_requantize_s8", struct, zp_in, x.size, x, out) == BNN_OK
