@@ -36,11 +36,14 @@ system-packages:
 	  echo "install them with: sudo apt-get update && sudo apt-get install -y$$missing"; \
 	fi
 
+# TEST_JOBS pytest worker processes (pytest-xdist; 0 runs in this process). Each worker builds
+# the session fixtures (zoo models, Cortex-M7 ELFs) it needs once.
+TEST_JOBS ?= 2
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_JOBS)
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_JOBS) -m "not slow"
 
 # Fuzzing of every front end (docs/fuzzing.md): FUZZ_CASES mutated files per front end through
 # the CLI; a table, build/fuzz/summary.json and build/fuzz/findings/; exit 1 on any finding.
