@@ -422,9 +422,10 @@ def _call_depthwise(
     out_shape: tuple[int, ...],
     x_buf: np.ndarray,
     out: np.ndarray,
+    **options: Any,
 ) -> int:
     """bnn_depthwise_conv2d_s8 on a case: x's dims with x_buf's data (x itself, or a buffer
-    that holds it), writing out (which may be x_buf: in place)."""
+    that holds it), writing out (which may be x_buf: in place); options go to backend.call."""
     return int(
         backend.call(
             "bnn_depthwise_conv2d_s8",
@@ -437,6 +438,7 @@ def _call_depthwise(
             w,
             dims(*out_shape),
             out,
+            **options,
         )
     )
 
@@ -706,6 +708,80 @@ def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind:
     inside = (expected > -128) & (expected < 127)
     assert np.sum(inside) >= 8 and len(np.unique(expected[inside])) >= 4, "all clamped"
     _conv_and_check(backend, geo, zp_in, mac, x, w, expected)
+
+
+# 3x3 depthwise geometries for the M7's assembly loop, which reads a window one row or column
+# outside the input one row or column further in (weights 0 for the taps outside): (geometry,
+# channels, input zero point)
+DW_ASM_CASES: list[tuple[Geo, int, int]] = [
+    (Geo(11, 13, 3, 3, padding="same"), 8, -5),  # every run of rows and columns
+    (Geo(3, 3, 3, 3, padding="same"), 12, 7),  # a 3x3 map: one window inside
+    (Geo(6, 6, 3, 3, stride=(2, 2), padding="same"), 8, 0),  # one past the end only
+    (Geo(7, 7, 3, 3, stride=(2, 2), padding="same"), 4, -128),  # one outside at both ends
+    (Geo(3, 3, 3, 3), 16, 3),  # valid 3x3 -> 1x1 (MobileNetV2's head)
+    (Geo(4, 3, 3, 3, padding=(2, 2, 1, 1)), 8, 127),  # rows two outside: those in C
+    (Geo(6, 5, 3, 3, stride=(1, 2), padding=(0, 2, 2, 0)), 8, 9),  # uneven, columns in C
+    (Geo(2, 5, 3, 3, padding="same"), 8, -1),  # 2 rows: all of it in C
+]
+
+
+def _dw_asm_windows(geo: Geo) -> int:
+    """The output pixels whose windows the M7's assembly loop reads: along each axis, window
+    starts from -1 to in - 2 (at most one row or column outside), when the input has >= 3."""
+    top, _, left, _ = geo.pads()
+    (oh, ow), count = geo.out_hw(), 1
+    for out_n, stride, pad, size in (
+        (oh, geo.stride[0], top, geo.h),
+        (ow, geo.stride[1], left, geo.w),
+    ):
+        starts = np.arange(out_n) * stride - pad
+        count *= int(np.sum((starts >= -1) & (starts <= size - 2))) if size >= 3 else 0
+    return count
+
+
+@pytest.mark.parametrize("kind", ["tflite", "affine"])
+@pytest.mark.parametrize("case", DW_ASM_CASES, ids=lambda c: _conv_id((*c[:2], 1, c[2])))
+def test_depthwise_asm_windows(backend: Any, case: tuple[Geo, int, int], kind: str) -> None:
+    """The 3x3 depthwise path with every channel taking a fast store (TFLite: multipliers over
+    [2^30, 2^31), right shifts >= 2; affine: shifts >= 32, ties, a zero and a saturating
+    multiplier; the full int8 range), on maps where windows stick out by one row or column
+    (read moved, weights 0 outside), by two (the C loop) or not at all: the reference's
+    integers, also in place where the planner allows it. On the M7 build the assembly loop
+    must have run for exactly the windows in its reach (Unicorn profile: at least its 74 tap
+    instructions per window and group of 4 channels)."""
+    from bnncube.planner import _depthwise_in_place
+
+    geo, c, zp_in = case
+    rng = np.random.default_rng([17, DW_ASM_CASES.index(case), kind == "affine"])
+    x = _int8(rng, (1, geo.h, geo.w, c))
+    w = _int8(rng, (1, 3, 3, c))
+    out_shape = (1, *geo.out_hw(), c)
+    if kind == "tflite":
+        mac = _tflite_output(rng, c, 9, (-90, 100, 3)[c % 3], "none", fast_only=True)
+        assert np.all(mac.struct.fields["q_mult"] > 0) and np.all(
+            mac.struct.fields["q_shift"] <= -2
+        )
+    else:
+        mac = _x4_affine_output(rng, np.moveaxis(w, -1, 0))  # changes w's channels too
+    attrs = {**geo.attrs(), "depth_multiplier": 1}
+    graph = _mac_graph("DepthwiseConv2D", x, zp_in, w, 3, out_shape, mac, attrs)
+    expected = _reference(graph, {"x": x})
+    assert len(np.unique(expected)) >= min(8, expected.size // 2), "all clamped"
+    profiled = "bnn_dw3_asm" in getattr(getattr(backend, "image", None), "functions", {})
+    out = _sentinel(out_shape, np.int8)
+    options = {"profile": True} if profiled else {}
+    assert (
+        _call_depthwise(backend, geo, zp_in, 1, mac, x, w, out_shape, x, out, **options) == BNN_OK
+    )
+    _assert_same(out, expected)
+    if profiled:
+        windows = _dw_asm_windows(geo) * (c // 4)
+        ran = backend.last_profile.get("bnn_dw3_asm", 0)
+        assert (ran >= 74 * windows > 0) if windows else ran == 0, (ran, windows)
+    if _depthwise_in_place(graph, graph.ops[0]):
+        buf = x.reshape(-1).copy()  # the input, overwritten by the output
+        assert _call_depthwise(backend, geo, zp_in, 1, mac, x, w, out_shape, buf, buf) == BNN_OK
+        _assert_same(buf[: expected.size], expected)
 
 
 def test_depthwise_affine_ties(backend: Any) -> None:

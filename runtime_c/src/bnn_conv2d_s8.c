@@ -279,7 +279,7 @@ typedef struct {
 
 /* bnn_conv_x4_channels in one assembly loop over the channels o_begin .. o_end - 1, for the
  * fast stores only: TFLite with a bias, two roundings, every channel bnn_tflite_fast_ok and the
- * full int8 range, or affine with every shift >= 32 and the full range (bnn_x4_asm_ok). The
+ * full int8 range, or affine with every shift >= 32 and the full range (bnn_fast_stores_ok). The
  * same arithmetic as the C form (bnn_tflite_fast / bnn_affine_fast), its state in memory (the
  * state's address comes in r12). It uses fixed registers: all but r7 are clobbers (saved by the
  * enclosing function), r7 (the Thumb frame pointer, which may not be a clobber) is saved and
@@ -359,38 +359,8 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
 #undef BNN_X4A_ENTER
 #undef BNN_X4A_CLOBBERS
 
-/* Whether bnn_x4_asm applies to every channel of a call (checked once per call). */
-BNN_ALWAYS_INLINE int bnn_x4_asm_ok(bnn_out_kind_t kind, const bnn_output_t *output,
-                                    int32_t out_c)
-{
-    int32_t o;
-    if (output->act_min != BNN_INT8_MIN || output->act_max != BNN_INT8_MAX) {
-        return 0;
-    }
-    if (kind == BNN_OUT_TFLITE) {
-        if (output->bias == NULL || output->q_single_rounding) {
-            return 0;
-        }
-        for (o = 0; o < out_c; ++o) {
-            if (!bnn_tflite_fast_ok(output->q_mult[o], output->q_shift[o])) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    if (kind == BNN_OUT_AFFINE) {
-        for (o = 0; o < out_c; ++o) {
-            if (output->a_shift[o] < 32) {
-                return 0;
-            }
-        }
-        return 1;
-    }
-    return 0;
-}
 #else
 #define BNN_X4_ASM 0
-#define bnn_x4_asm_ok(kind, output, out_c) 0
 #endif
 
 /* The output channels of a block of 4 output pixels (from `pix`) whose inputs are expanded in
@@ -529,7 +499,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
 {
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
-    const int use_asm = bnn_x4_asm_ok(kind, output, out_c);
+    const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c);
     int32_t pix;
     for (pix = 0; pix + 4 <= npix; pix += 4) {
         int32_t g, p;
@@ -810,7 +780,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
     const int32_t split = taps % 4 != 0 ? out_c - 1 : out_c; /* channels read in place */
     int8_t *const raw = (int8_t *)(xb + 8 * groups);        /* 4 * groups bytes */
     int8_t *const last = (int8_t *)(xb + 9 * groups);       /* likewise */
-    const int use_asm = bnn_x4_asm_ok(kind, output, out_c);
+    const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c);
     int32_t pix, k;
     memcpy(last, last_filter, (size_t)taps);
     for (k = taps; k < 4 * groups; ++k) {

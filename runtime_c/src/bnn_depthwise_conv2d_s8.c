@@ -28,8 +28,13 @@
  * products are summed modulo 2^32 in the same int32 accumulators: bit-exact with the plain
  * path, which handles the remaining channels and M > 1. A 3x3 kernel with dilation 1 and C a
  * multiple of 4 takes depthwise_3x3_body: four channels at a time over all pixels, the filter
- * words expanded once, interior pixels unrolled; a row's interior pixels in one assembly loop
- * (bnn_dw3_asm) when the 4 channels take the fast stores (bnn_requant.h).
+ * words expanded once into a 5 x 5 grid (zeros around the 3 x 3), interior pixels unrolled.
+ * When the 4 channels take the fast stores (bnn_requant.h), every window at most one row and
+ * one column outside the input runs in one assembly loop (bnn_dw3_asm): such a window is read
+ * one row or column further in, against the grid's weights moved to match (0 for the taps
+ * outside), so that border pixels cost what interior ones do; with every channel fast and
+ * every window in its reach (padding <= 1, the input at least 3 x 3), a group of 4 channels is
+ * at most three assembly calls (bnn_dw3_band).
  * Each path is compiled once per output transform (bnn_depthwise_conv2d_s8_affine / _tflite /
  * _float, which generated code calls); bnn_depthwise_conv2d_s8 dispatches on output->kind.
  */
@@ -58,51 +63,78 @@ static int32_t depthwise_acc(const int8_t *in, const int8_t *filter, int32_t in_
 }
 
 #if BNN_USE_DSP
-/* 4 channels of one tap: x (4 input bytes) - zp against the expanded weights w02 / w13
- * (SXTB16 and SXTB16 ror 8 of the 4 filter bytes), each product into its channel's sum. */
-#define BNN_DW_TAP(xptr, w02, w13)                                                             \
+/* 4 channels of one tap: x (4 input bytes) - zp against the tap's expanded weights wp[0] =
+ * w02, wp[1] = w13 (SXTB16 and SXTB16 ror 8 of the 4 filter bytes), each product into its
+ * channel's sum. */
+#define BNN_DW_TAP(xptr, wp)                                                                   \
     do {                                                                                       \
         int32_t xv_, x02_, x13_;                                                               \
         memcpy(&xv_, (xptr), 4);                                                               \
         x02_ = __sxtab16(neg_zp, xv_);                                                         \
         x13_ = bnn_sxtab16_ror8(neg_zp, xv_);                                                  \
-        acc0 = __smlabb(x02_, (w02), acc0);                                                    \
-        acc2 = __smlatt(x02_, (w02), acc2);                                                    \
-        acc1 = __smlabb(x13_, (w13), acc1);                                                    \
-        acc3 = __smlatt(x13_, (w13), acc3);                                                    \
+        acc0 = __smlabb(x02_, (wp)[0], acc0);                                                  \
+        acc2 = __smlatt(x02_, (wp)[0], acc2);                                                  \
+        acc1 = __smlabb(x13_, (wp)[1], acc1);                                                  \
+        acc3 = __smlatt(x13_, (wp)[1], acc3);                                                  \
     } while (0)
+/* filter tap (i, j) in the 5 x 5 grid of expanded weights whose tap (1, 1) is at wg */
+#define BNN_DW_W(i, j) (wg + 2 * (5 * (i) + (j)))
 
 #if BNN_TFLITE_FAST && BNN_AFFINE_FAST && defined(__GNUC__)
 #define BNN_DW3_ASM 1
-/* bnn_dw3_asm's state (the assembly reads it through r7 at the offsets in the comments). */
+/* bnn_dw3_asm's state (the assembly reads it through r7 at the offsets in the comments). It
+ * runs `rows` output rows of one band (rows whose windows are read moved by the same number of
+ * rows, 1, 0 or -1), each row as up to three runs of windows (bnn_dw3_runs: moved by 1, 0 and
+ * -1 columns), the outputs one after the other from y. */
 typedef struct {
-    int32_t init[4];   /* 0: the 4 sums' start: the TFLite biases, else 0 */
-    int32_t w[18];     /* 16: per tap the expanded weights w02, w13 (SXTB16, SXTB16 ror 8) */
-    int32_t ch[16];    /* 88: per channel, affine: mult, shift - 32, offset low, high word;
-                        * TFLite: mult, khi, em1, zp (bnn_tflite_fast's constants) */
-    const int8_t *p;   /* 152: the next pixel's window: its top-left tap, channel oc */
-    int8_t *y;         /* 156: its output, channel oc */
-    int32_t pstep;     /* 160: input bytes from one pixel's window to the next */
-    int32_t n;         /* 164: pixels left (>= 1) */
-    int32_t inc;       /* 168: C, bytes between taps of a row and between output pixels */
-    int32_t row;       /* 172: W * C, bytes between input rows */
-    int32_t neg_zp;    /* 176: -zp in both halfwords */
+    int32_t init[4];      /* 0: the 4 sums' start: the TFLite biases, else 0 */
+    int32_t ch[16];       /* 16: per channel, affine: mult, shift - 32, offset low, high word;
+                           * TFLite: mult, khi, em1, zp (bnn_tflite_fast's constants) */
+    const int8_t *p;      /* 80: the next window as read: its top-left tap, channel oc */
+    int8_t *y;            /* 84: the next output, channel oc */
+    int32_t pstep;        /* 88: input bytes from one window to the next in a run */
+    int32_t n;            /* 92: windows left in the run */
+    int32_t inc;          /* 96: C, bytes between taps of a row and between output pixels */
+    int32_t row;          /* 100: W * C, bytes between input rows */
+    int32_t neg_zp;       /* 104: -zp in both halfwords */
+    const int32_t *w;     /* 108: the run's weights for its windows' top-left taps as read */
+    int32_t grid[50];     /* 112: 5 x 5 taps, each its expanded weights w02, w13 (SXTB16,
+                           * SXTB16 ror 8): the filter's 3 x 3 in the middle, zeros around */
+    const int8_t *prow;   /* 312: the row's first input row as read, column 0, channel oc */
+    int32_t prstep;       /* 316: input bytes from one output row's prow to the next */
+    int32_t rows;         /* 320: output rows left in the band (>= 1) */
+    const int32_t *wband; /* 324: the band's weights, for column moves 0 */
+    int32_t k;            /* 328: the run: its index times 4 */
+    int32_t colp[3];      /* 332: per run: its first window's column as read, times C */
+    int32_t coln[3];      /* 344: per run: its windows (0: none) */
+    int32_t colw[3];      /* 356: per run: its weights' offset from wband in bytes */
 } bnn_dw3_state_t;
+/* the offsets above are the assembly's: a build where they differ fails here */
+typedef char bnn_dw3_state_layout_ok[(offsetof(bnn_dw3_state_t, p) == 80 &&
+                                      offsetof(bnn_dw3_state_t, neg_zp) == 104 &&
+                                      offsetof(bnn_dw3_state_t, w) == 108 &&
+                                      offsetof(bnn_dw3_state_t, grid) == 112 &&
+                                      offsetof(bnn_dw3_state_t, prow) == 312 &&
+                                      offsetof(bnn_dw3_state_t, colp) == 332 &&
+                                      offsetof(bnn_dw3_state_t, colw) == 356)
+                                         ? 1
+                                         : -1];
 
 /* One tap at addr (from the row in r9, C in r10): the 4 input bytes minus the zero point (lr)
- * as halfwords (x02 r5, x13 r4) times the tap's expanded weights (LDRD from r12, moving on),
- * each product into its channel's sum r0..r3. */
-#define BNN_DW3_TAP(addr)                                                                      \
+ * as halfwords (x02 r5, x13 r4) times the tap's expanded weights (LDRD at r12 + off), each
+ * product into its channel's sum r0..r3. */
+#define BNN_DW3_TAP(addr, off)                                                                 \
     "ldr     r4, " addr "\n\t"                                                                  \
-    "ldrd    r6, r8, [r12], #8\n\t"                                                             \
+    "ldrd    r6, r8, [r12, #" off "]\n\t"                                                       \
     "sxtab16 r5, lr, r4\n\t"                                                                    \
     "sxtab16 r4, lr, r4, ror #8\n\t"                                                            \
     "smlabb  r0, r5, r6, r0\n\t"                                                                \
     "smlatt  r2, r5, r6, r2\n\t"                                                                \
     "smlabb  r1, r4, r8, r1\n\t"                                                                \
     "smlatt  r3, r4, r8, r3\n\t"
-#define BNN_DW3_ROW                                                                            \
-    BNN_DW3_TAP("[r9]") BNN_DW3_TAP("[r9, r10]") BNN_DW3_TAP("[r9, r10, lsl #1]")
+/* a row of 3 taps; the weights of the grid's rows are 40 bytes apart */
+#define BNN_DW3_ROW(o0, o1, o2)                                                                \
+    BNN_DW3_TAP("[r9]", o0) BNN_DW3_TAP("[r9, r10]", o1) BNN_DW3_TAP("[r9, r10, lsl #1]", o2)
 /* bnn_affine_fast of the sum acc, stored at [r9, #off]: the channel's constants by LDM from
  * r12 (mult r4, k r5, offset r6:r8) */
 #define BNN_DW3_AFFINE(acc, off)                                                               \
@@ -131,41 +163,78 @@ typedef struct {
     "qadd    r5, r5, r8\n\t"                                                                    \
     "ssat    r5, #8, r5\n\t"                                                                    \
     "strb    r5, [r9, #" off "]\n\t"
-/* The pixel loop: sums from init, the 9 taps (rows from p), the 4 stores by `store`, then the
- * next pixel. The registers it uses are its own: r7 is saved and restored by the assembly,
- * the others are clobbers, and the state's address comes in r12. */
+/* The band: per output row, per run (its p, n and w set up from prow, colp, coln, colw and
+ * wband), the window loop: sums from init, the 9 taps (rows from p, weights from w), the 4
+ * stores by `store`, then the next window and output. The registers it uses are its own: r7
+ * is saved and restored by the assembly, the others are clobbers, and the state's address
+ * comes in r12. */
 #define BNN_DW3_LOOP(store)                                                                    \
     "push    {r7}\n\t"                                                                          \
     "mov     r7, r12\n\t"                                                                       \
-    "ldr     r10, [r7, #168]\n\t"                                                               \
-    "ldr     lr, [r7, #176]\n"                                                                  \
+    "ldr     r10, [r7, #96]\n\t"                                                                \
+    "ldr     lr, [r7, #104]\n"                                                                   \
+    "10:\n\t"                                                                                   \
+    "mov     r4, #0\n\t"                                                                        \
+    "str     r4, [r7, #328]\n"                                                                   \
+    "11:\n\t"                                                                                   \
+    "add     r5, r7, r4\n\t"                                                                    \
+    "ldr     r6, [r5, #344]\n\t"                                                                \
+    "cmp     r6, #0\n\t"                                                                        \
+    "beq     12f\n\t"                                                                           \
+    "str     r6, [r7, #92]\n\t"                                                                 \
+    "ldr     r8, [r5, #332]\n\t"                                                                \
+    "ldr     r9, [r7, #312]\n\t"                                                                \
+    "add     r9, r9, r8\n\t"                                                                    \
+    "str     r9, [r7, #80]\n\t"                                                                 \
+    "ldr     r8, [r5, #356]\n\t"                                                                \
+    "ldr     r9, [r7, #324]\n\t"                                                                \
+    "add     r9, r9, r8\n\t"                                                                    \
+    "str     r9, [r7, #108]\n"                                                                   \
     "20:\n\t"                                                                                   \
-    "ldr     r11, [r7, #172]\n\t"                                                               \
-    "ldr     r9, [r7, #152]\n\t"                                                                \
+    "ldr     r11, [r7, #100]\n\t"                                                               \
+    "ldr     r9, [r7, #80]\n\t"                                                                 \
     "ldmia   r7, {r0, r1, r2, r3}\n\t"                                                          \
-    "add     r12, r7, #16\n\t" BNN_DW3_ROW                                                      \
-    "add     r9, r9, r11\n\t" BNN_DW3_ROW                                                       \
-    "add     r9, r9, r11\n\t" BNN_DW3_ROW                                                       \
-    "ldr     r9, [r7, #156]\n\t" store("r0", "0") store("r1", "1") store("r2", "2")             \
+    "ldr     r12, [r7, #108]\n\t" BNN_DW3_ROW("0", "8", "16")                                   \
+    "add     r9, r9, r11\n\t" BNN_DW3_ROW("40", "48", "56")                                     \
+    "add     r9, r9, r11\n\t" BNN_DW3_ROW("80", "88", "96")                                     \
+    "ldr     r9, [r7, #84]\n\t"                                                                 \
+    "add     r12, r7, #16\n\t" store("r0", "0") store("r1", "1") store("r2", "2")               \
     store("r3", "3")                                                                            \
     "add     r9, r9, r10\n\t"                                                                   \
-    "str     r9, [r7, #156]\n\t"                                                                \
-    "ldr     r9, [r7, #152]\n\t"                                                                \
-    "ldr     r4, [r7, #160]\n\t"                                                                \
+    "str     r9, [r7, #84]\n\t"                                                                 \
+    "ldr     r9, [r7, #80]\n\t"                                                                 \
+    "ldr     r4, [r7, #88]\n\t"                                                                 \
     "add     r9, r9, r4\n\t"                                                                    \
-    "str     r9, [r7, #152]\n\t"                                                                \
-    "ldr     r4, [r7, #164]\n\t"                                                                \
+    "str     r9, [r7, #80]\n\t"                                                                 \
+    "ldr     r4, [r7, #92]\n\t"                                                                 \
     "subs    r4, r4, #1\n\t"                                                                    \
-    "str     r4, [r7, #164]\n\t"                                                                \
-    "bne     20b\n\t"                                                                           \
+    "str     r4, [r7, #92]\n\t"                                                                 \
+    "bne     20b\n"                                                                              \
+    "12:\n\t"                                                                                   \
+    "ldr     r4, [r7, #328]\n\t"                                                                \
+    "add     r4, r4, #4\n\t"                                                                    \
+    "str     r4, [r7, #328]\n\t"                                                                \
+    "cmp     r4, #12\n\t"                                                                       \
+    "bne     11b\n\t"                                                                           \
+    "ldr     r9, [r7, #312]\n\t"                                                                \
+    "ldr     r4, [r7, #316]\n\t"                                                                \
+    "add     r9, r9, r4\n\t"                                                                    \
+    "str     r9, [r7, #312]\n\t"                                                                \
+    "ldr     r4, [r7, #320]\n\t"                                                                \
+    "subs    r4, r4, #1\n\t"                                                                    \
+    "str     r4, [r7, #320]\n\t"                                                                \
+    "bne     10b\n\t"                                                                           \
     "pop     {r7}\n\t"
 
-/* Depthwise 3x3 (dilation 1, depth multiplier 1) of 4 channels for st->n consecutive output
- * pixels of one row whose windows lie inside the input, Cortex-M7, in one assembly loop: per
- * tap one input load, one LDRD of the expanded weights, 2 SXTAB16 and 4 SMLAxy (9 taps: 74
- * instructions); the stores by bnn_affine_fast (every channel's shift >= 32) or
- * bnn_tflite_fast (every channel bnn_tflite_fast_ok), full int8 range. The same products and
- * int32 sums as the C form: bit-exact. */
+/* Depthwise 3x3 (dilation 1, depth multiplier 1) of 4 channels for a band of output rows
+ * (bnn_dw3_state_t), Cortex-M7, in one assembly loop. Each window is read as 3 x 3 taps inside
+ * the input: a window one row or column outside it is read one row or column further in, and
+ * its weights are taken in the grid so that the taps read that way meet the filter's weights
+ * of the right taps, or zeros. Per tap one input load, one LDRD of the expanded weights, 2
+ * SXTAB16 and 4 SMLAxy (9 taps: 74 instructions); the stores by bnn_affine_fast (every
+ * channel's shift >= 32) or bnn_tflite_fast (every channel bnn_tflite_fast_ok), full int8
+ * range. The products of the valid taps are those of the C form, the others are 0: the same
+ * int32 sums, bit-exact. */
 BNN_NOINLINE void bnn_dw3_asm(bnn_dw3_state_t *state, int tflite)
 {
     register bnn_dw3_state_t *p __asm__("r12") = state;
@@ -192,11 +261,89 @@ BNN_NOINLINE void bnn_dw3_asm(bnn_dw3_state_t *state, int tflite)
 #define BNN_DW3_ASM 0
 #endif
 
+#if BNN_DW3_ASM
+/* The output positions along one axis (out of them, this stride and padding before, an input
+ * of in >= 3) whose windows bnn_dw3_asm reads, in three runs: [b[0], b[1]) start one before
+ * the input (read one further in), [b[1], b[2]) lie inside it, [b[2], b[3]) end one past it
+ * (read one further back). Positions before b[0] or from b[3] on, windows further outside
+ * (padding over 1), are the C loop's; all of them when in < 3. */
+static void bnn_dw3_runs(int32_t out, int32_t stride, int32_t pad, int32_t in, int32_t b[4])
+{
+    int32_t o;
+    b[0] = b[1] = b[2] = b[3] = 0;
+    for (o = 0; o < out && in >= 3; ++o) {
+        const int32_t start = o * stride - pad;
+        b[0] += start < -1;
+        b[1] += start < 0;
+        b[2] += start <= in - 3;
+        b[3] += start <= in - 2;
+    }
+}
+
+/* The column runs of bnn_dw3_runs (rx) into st for bnn_dw3_asm: each run's first window's
+ * column as read (moved by sx = 1, 0, -1 columns) times C, its windows, its weights' offset. */
+static void bnn_dw3_columns(bnn_dw3_state_t *st, const int32_t rx[4], int32_t sw, int32_t pad)
+{
+    int32_t run;
+    for (run = 0; run < 3; ++run) {
+        const int32_t sx = 1 - run;
+        st->colp[run] = (rx[run] * sw - pad + sx) * st->inc;
+        st->coln[run] = rx[run + 1] - rx[run];
+        st->colw[run] = 8 * sx; /* 2 words per tap */
+    }
+}
+
+/* bnn_dw3_asm over `rows` output rows from oy (all in one run of bnn_dw3_runs of the rows, ry),
+ * the columns of st's runs: in and out point at channel oc of pixel 0, y0 is row oy's window
+ * start, sh the stride, x the first output column. For more than one row the runs must cover
+ * every column (the outputs follow each other). */
+static void bnn_dw3_band(bnn_dw3_state_t *st, const int8_t *in, int8_t *out, int32_t oy,
+                         int32_t rows, int32_t y0, int32_t sh, int32_t x, int32_t out_w,
+                         const int32_t ry[4], int tflite)
+{
+    const int32_t sy = oy < ry[1] ? 1 : (oy < ry[2] ? 0 : -1);
+    st->prow = in + (size_t)((y0 + sy) * st->row);
+    st->prstep = sh * st->row;
+    st->rows = rows;
+    st->y = out + (size_t)((oy * out_w + x) * st->inc);
+    st->wband = st->grid + 12 + 10 * sy; /* tap (1 + sy, 1): 5 taps of 2 words per row */
+    bnn_dw3_asm(st, tflite);
+}
+
+/* The output constants of channels oc..oc + 3 into st (init and ch), for 4 channels that take
+ * the fast stores (bnn_tflite_ch's fast, or an affine shift >= 32; the full int8 range). */
+BNN_ALWAYS_INLINE void bnn_dw3_channels(bnn_dw3_state_t *st, bnn_out_kind_t kind,
+                                        const bnn_output_t *output, int32_t oc)
+{
+    int32_t t;
+    for (t = 0; t < 4; ++t) {
+        int32_t *ch = st->ch + 4 * t;
+        if (kind == BNN_OUT_TFLITE) {
+            const int32_t e = -output->q_shift[oc + t]; /* >= 2 (bnn_tflite_fast_ok) */
+            st->init[t] = output->bias != NULL ? output->bias[oc + t] : 0;
+            ch[0] = output->q_mult[oc + t];
+            ch[1] = (int32_t)1 << (e - 2);
+            ch[2] = e - 1;
+            ch[3] = output->out_zero_point;
+        } else {
+            const uint64_t offset = (uint64_t)output->a_offset[oc + t];
+            st->init[t] = 0;
+            ch[0] = output->a_mult[oc + t];
+            ch[1] = output->a_shift[oc + t] - 32; /* >= 0 */
+            ch[2] = bnn_s32_from_u32((uint32_t)offset);
+            ch[3] = bnn_s32_from_u32((uint32_t)(offset >> 32));
+        }
+    }
+}
+#endif
+
 /* Depthwise 3x3, dilation 1, depth multiplier 1, channels a multiple of 4, Cortex-M7: four
  * channels at a time over all output pixels, so that their 9 filter words are expanded once
- * (SXTB16 and SXTB16 ror 8) and kept; a pixel whose window lies inside the input runs the 9
- * taps unrolled, a border pixel its valid taps only. Same products, same int32 sums modulo
- * 2^32: bit-exact with the plain path. */
+ * (SXTB16 and SXTB16 ror 8) into a 5 x 5 grid and kept; a pixel whose window lies inside the
+ * input runs the 9 taps unrolled, a border pixel its valid taps only. With fast stores for
+ * the 4 channels, each row's pixels whose windows are at most one row and one column outside
+ * the input run in bnn_dw3_asm instead (the grid's ring of zeros for the taps outside). Same
+ * products, same int32 sums modulo 2^32: bit-exact with the plain path. */
 BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
                                           const bnn_output_t *output_in, const int8_t *in,
                                           int32_t in_h, int32_t in_w, int32_t in_c,
@@ -210,32 +357,55 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
     const int32_t row = in_w * in_c; /* input elements between rows */
     const int32_t sh = params->stride_h, sw = params->stride_w;
 #if BNN_DW3_ASM
-    /* the output columns whose windows lie inside the input: x0 = ox * sw - pad_left >= 0 and
-     * x0 + 2 < in_w */
-    const int32_t ox_lo = (params->pad_left + sw - 1) / sw;
-    const int32_t last = in_w - 3 + params->pad_left; /* the largest ox * sw allowed */
-    const int32_t ox_hi = last < 0 ? 0 : (last / sw + 1 < out_w ? last / sw + 1 : out_w);
     bnn_dw3_state_t st;
+    int32_t *const grid = st.grid;
+    int32_t ry[4], rx[4]; /* bnn_dw3_runs of the rows and columns */
+    bnn_dw3_runs(out_h, sh, params->pad_top, in_h, ry);
+    bnn_dw3_runs(out_w, sw, params->pad_left, in_w, rx);
+    memset(st.grid, 0, sizeof st.grid); /* the ring stays 0; each group writes the middle */
     st.pstep = sw * in_c;
     st.inc = in_c;
     st.row = row;
     st.neg_zp = neg_zp;
+    bnn_dw3_columns(&st, rx, sw, params->pad_left);
+    /* every window in bnn_dw3_asm's reach and every channel fast: the lean loop below */
+    const int asm_all = ry[0] == 0 && ry[3] == out_h && rx[0] == 0 && rx[3] == out_w &&
+                        bnn_fast_stores_ok(kind, output, in_c);
+#else
+    int32_t grid[50]; /* only the middle 3 x 3 is used */
 #endif
+    int32_t *const wg = grid + 12; /* tap (1, 1) of the grid: the filter's tap (0, 0) */
     int32_t oc;
     for (oc = 0; oc < in_c; oc += 4) {
-        int32_t w02[9], w13[9];
         /* the 4 channels' output constants, read once for all pixels (affine: M, B, S;
          * TFLite: bias, multiplier and the shift's parts) */
         int32_t c_mult[4], c_shift[4];
         int64_t c_offset[4];
         bnn_tflite_ch_t c_tfl[4];
         int32_t t, oy, ox;
-        for (t = 0; t < 9; ++t) {
-            int32_t wv;
-            memcpy(&wv, filter + (size_t)(t * in_c + oc), 4);
-            w02[t] = __sxtb16(wv);
-            w13[t] = bnn_sxtb16_ror8(wv);
+        for (oy = 0; oy < 3; ++oy) {
+            for (ox = 0; ox < 3; ++ox) {
+                int32_t wv;
+                int32_t *const wp = BNN_DW_W(oy, ox);
+                memcpy(&wv, filter + (size_t)((oy * 3 + ox) * in_c + oc), 4);
+                wp[0] = __sxtb16(wv);
+                wp[1] = bnn_sxtb16_ror8(wv);
+            }
         }
+#if BNN_DW3_ASM
+        if (asm_all) {
+            bnn_dw3_channels(&st, kind, output, oc);
+            /* the three bands of rows: read moved by 1, 0 and -1 rows */
+            for (t = 0; t < 3; ++t) {
+                if (ry[t] < ry[t + 1]) {
+                    bnn_dw3_band(&st, in + oc, (int8_t *)out + oc, ry[t], ry[t + 1] - ry[t],
+                                 ry[t] * sh - params->pad_top, sh, 0, out_w, ry,
+                                 kind == BNN_OUT_TFLITE);
+                }
+            }
+            continue;
+        }
+#endif
         for (t = 0; t < 4; ++t) {
             c_mult[t] = c_shift[t] = 0;
             c_offset[t] = 0;
@@ -267,26 +437,7 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
             use_asm = c_tfl[0].fast && c_tfl[1].fast && c_tfl[2].fast && c_tfl[3].fast;
         }
         if (use_asm) {
-            for (t = 0; t < 9; ++t) {
-                st.w[2 * t] = w02[t];
-                st.w[2 * t + 1] = w13[t];
-            }
-            for (t = 0; t < 4; ++t) {
-                int32_t *ch = st.ch + 4 * t;
-                if (kind == BNN_OUT_TFLITE) {
-                    st.init[t] = c_tfl[t].bias;
-                    ch[0] = c_tfl[t].mult;
-                    ch[1] = c_tfl[t].khi;
-                    ch[2] = c_tfl[t].em1;
-                    ch[3] = c_tfl[t].zp;
-                } else {
-                    st.init[t] = 0;
-                    ch[0] = c_mult[t];
-                    ch[1] = c_shift[t];
-                    ch[2] = bnn_s32_from_u32((uint32_t)(uint64_t)c_offset[t]);
-                    ch[3] = bnn_s32_from_u32((uint32_t)((uint64_t)c_offset[t] >> 32));
-                }
-            }
+            bnn_dw3_channels(&st, kind, output, oc);
         }
 #endif
         for (oy = 0; oy < out_h; ++oy) {
@@ -297,12 +448,10 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
                 const int32_t index = (oy * out_w + ox) * in_c + oc;
                 int32_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
 #if BNN_DW3_ASM
-                if (use_asm && rows_inside && ox == ox_lo && ox_lo < ox_hi) {
-                    st.p = in + (size_t)((y0 * in_w + x0) * in_c + oc);
-                    st.y = (int8_t *)out + index;
-                    st.n = ox_hi - ox_lo;
-                    bnn_dw3_asm(&st, kind == BNN_OUT_TFLITE);
-                    ox = ox_hi - 1;
+                if (use_asm && oy >= ry[0] && oy < ry[3] && ox == rx[0] && rx[0] < rx[3]) {
+                    bnn_dw3_band(&st, in + oc, (int8_t *)out + oc, oy, 1, y0, sh, ox, out_w, ry,
+                                 kind == BNN_OUT_TFLITE);
+                    ox = rx[3] - 1;
                     continue;
                 }
 #endif
@@ -310,15 +459,15 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
                     const int8_t *p0 = in + (size_t)((y0 * in_w + x0) * in_c + oc);
                     const int8_t *p1 = p0 + row;
                     const int8_t *p2 = p1 + row;
-                    BNN_DW_TAP(p0, w02[0], w13[0]);
-                    BNN_DW_TAP(p0 + in_c, w02[1], w13[1]);
-                    BNN_DW_TAP(p0 + 2 * in_c, w02[2], w13[2]);
-                    BNN_DW_TAP(p1, w02[3], w13[3]);
-                    BNN_DW_TAP(p1 + in_c, w02[4], w13[4]);
-                    BNN_DW_TAP(p1 + 2 * in_c, w02[5], w13[5]);
-                    BNN_DW_TAP(p2, w02[6], w13[6]);
-                    BNN_DW_TAP(p2 + in_c, w02[7], w13[7]);
-                    BNN_DW_TAP(p2 + 2 * in_c, w02[8], w13[8]);
+                    BNN_DW_TAP(p0, BNN_DW_W(0, 0));
+                    BNN_DW_TAP(p0 + in_c, BNN_DW_W(0, 1));
+                    BNN_DW_TAP(p0 + 2 * in_c, BNN_DW_W(0, 2));
+                    BNN_DW_TAP(p1, BNN_DW_W(1, 0));
+                    BNN_DW_TAP(p1 + in_c, BNN_DW_W(1, 1));
+                    BNN_DW_TAP(p1 + 2 * in_c, BNN_DW_W(1, 2));
+                    BNN_DW_TAP(p2, BNN_DW_W(2, 0));
+                    BNN_DW_TAP(p2 + in_c, BNN_DW_W(2, 1));
+                    BNN_DW_TAP(p2 + 2 * in_c, BNN_DW_W(2, 2));
                 } else {
                     int32_t i_first, i_last, j_first, j_last, i, j;
                     bnn_valid_taps(y0, in_h, 3, 1, &i_first, &i_last);
@@ -327,7 +476,7 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
                         for (j = j_first; j < j_last; ++j) {
                             const int8_t *px =
                                 in + (size_t)(((y0 + i) * in_w + x0 + j) * in_c + oc);
-                            BNN_DW_TAP(px, w02[i * 3 + j], w13[i * 3 + j]);
+                            BNN_DW_TAP(px, BNN_DW_W(i, j));
                         }
                     }
                 }
@@ -364,6 +513,7 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
     }
 }
 #undef BNN_DW_TAP
+#undef BNN_DW_W
 #endif
 
 /* The loops of bnn_depthwise_conv2d_s8 (arguments checked), compiled once per output

@@ -563,6 +563,37 @@ BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int3
     return c;
 }
 
+/* Whether every channel of a call's int8 output takes the fast store: TFLite with a bias, two
+ * roundings and bnn_tflite_fast_ok, or affine with a shift >= 32 (bnn_affine_fast), and the
+ * full int8 range (checked once per call by the kernels' whole-assembly paths). */
+BNN_ALWAYS_INLINE int bnn_fast_stores_ok(bnn_out_kind_t kind, const bnn_output_t *output,
+                                         int32_t out_c)
+{
+    int32_t o;
+    if (output->act_min != BNN_INT8_MIN || output->act_max != BNN_INT8_MAX) {
+        return 0;
+    }
+    if (kind == BNN_OUT_TFLITE) {
+        if (output->bias == NULL || output->q_single_rounding) {
+            return 0;
+        }
+        for (o = 0; o < out_c; ++o) {
+            if (!bnn_tflite_fast_ok(output->q_mult[o], output->q_shift[o])) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (kind == BNN_OUT_AFFINE) {
+        for (o = 0; o < out_c; ++o) {
+            if (output->a_shift[o] < 32) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
 /* bnn_tflite_out for a channel made by bnn_tflite_ch. The clamp of scaled + zp to [act_min,
  * act_max] is done in 32 bits: scaled first to [act_min - zp, act_max - zp] (within [-255,
  * 255], as all three are int8), then + zp, which can no longer overflow. On the Cortex-M7
