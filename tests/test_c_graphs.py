@@ -41,8 +41,9 @@ from bnncube.validation.kernel_calls import run_graph_c  # noqa: E402
 # TFLite Add by tables): 27.92 M and 44.23 M. Fifth (the 4-pixel channel loop, the 3x3
 # depthwise interior and the binary conv's popcount runs in assembly, the quantize loop):
 # 23.95 M and 37.76 M (this graph keeps its Adds separate: the generated code's fused binary
-# conv + Add, also in assembly now, is not counted here).
-BUDGETS = {"hybrid": 24_430_000, "mnv2_i8": 38_520_000}
+# conv + Add, also in assembly now, is not counted here). Sixth (the 3x3 depthwise's border
+# windows in its assembly loop, Dense 4 channels per pass): 23.49 M and 34.58 M.
+BUDGETS = {"hybrid": 23_960_000, "mnv2_i8": 35_270_000}
 
 
 @pytest.fixture(scope="module", params=["host", "m7"])
