@@ -174,6 +174,9 @@ BNN_NOINLINE void bnn_add_tflite_tables(const bnn_add_params_t *params, int32_t 
                                         const int8_t *a, const int8_t *b, int8_t *out)
 {
     int32_t ta[256], tb[256];
+    /* the tables indexed by the int8 value itself (-128 .. 127) */
+    const int32_t *const pa = ta + 128;
+    const int32_t *const pb = tb + 128;
     int32_t v, i;
     const int32_t lo = params->act_min, hi = params->act_max, zp = params->out_zero_point;
     for (v = 0; v < 256; ++v) {
@@ -188,14 +191,14 @@ BNN_NOINLINE void bnn_add_tflite_tables(const bnn_add_params_t *params, int32_t 
         const int32_t m = params->out_mult, e = -params->out_shift;
         const int32_t khi = (int32_t)1 << (e - 2);
         for (i = 0; i < size; ++i) {
-            uint32_t sum = (uint32_t)ta[a[i] + 128] + (uint32_t)tb[b[i] + 128];
+            uint32_t sum = (uint32_t)pa[a[i]] + (uint32_t)pb[b[i]];
             out[i] = (int8_t)bnn_tflite_fast(bnn_s32_from_u32(sum), m, khi, e - 1, zp);
         }
         return;
     }
 #endif
     for (i = 0; i < size; ++i) {
-        uint32_t sum = (uint32_t)ta[a[i] + 128] + (uint32_t)tb[b[i] + 128];
+        uint32_t sum = (uint32_t)pa[a[i]] + (uint32_t)pb[b[i]];
         int32_t scaled = bnn_mbqm(bnn_s32_from_u32(sum), params->out_mult, params->out_shift);
         /* the clamp in 32 bits, as bnn_tflite_out */
         scaled = scaled < lo - zp ? lo - zp : (scaled > hi - zp ? hi - zp : scaled);
