@@ -489,9 +489,10 @@ def _conv_and_check(
     x: np.ndarray,
     w: np.ndarray,
     expected: np.ndarray,
+    **options: Any,
 ) -> None:
     """bnn_conv2d_s8 on x and w into a sentinel-filled output: BNN_OK and the reference's
-    values."""
+    values; options go to backend.call."""
     out = _sentinel(expected.shape, np.float32 if mac.kind == "float" else np.int8)
     status = backend.call(
         "bnn_conv2d_s8",
@@ -504,6 +505,7 @@ def _conv_and_check(
         w,
         dims(*expected.shape),
         out,
+        **options,
     )
     assert status == BNN_OK
     _assert_same(out, expected)
@@ -654,7 +656,12 @@ X4_CASES: list[tuple[Geo, int, int, int]] = [
     # filter's partial group from its padded copy
     (Geo(5, 5, 3, 3, padding="same"), 8, 6, 5),  # patch: 72 taps, 18 groups
     (Geo(5, 4, 5, 5, padding="same"), 4, 3, 0),  # patch: 100 taps, the largest
+    (Geo(3, 4, 1, 1), 8, 100, 5),  # pointwise: the constants' table in chunks of 48 or 60
+    (Geo(2, 3, 1, 1), 96, 40, -7),  # pointwise: chunks would cost more than they save
 ]
+# Whether the M7 reads the channels' constants from a table (bnn_x4_tab_*: it fits in the
+# 1 KB buffer after the expanded inputs, in one chunk or in chunks that pay) for X4_CASES.
+X4_TABLE = [True, True, True, True, True, True, False, True, False]
 
 
 def _x4_affine_output(rng: np.random.Generator, w: np.ndarray) -> MacOutput:
@@ -684,11 +691,12 @@ def _x4_affine_output(rng: np.random.Generator, w: np.ndarray) -> MacOutput:
 @pytest.mark.parametrize("case", X4_CASES, ids=_conv_id)
 def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind: str) -> None:
     """Convolutions in the M7's 4-pixel blocks whose every channel takes the fast store, so
-    that the whole channel loop runs in assembly (bnn_x4_asm): TFLite (bias, two roundings,
-    multipliers over [2^30, 2^31), right shifts 2 .. 31, biases that wrap, output zero points
-    -90, 100 and 3) and affine (shifts >= 32: ties, a zero and a saturating multiplier), with
-    the full int8 range. The same integers as the reference; the other backends run the same
-    cases through their C paths."""
+    that the whole channel loop runs in assembly (bnn_x4_asm; with the channels' constants from
+    a table, bnn_x4_tab_*, where X4_TABLE says so, which the M7 build's profile checks): TFLite
+    (bias, two roundings, multipliers over [2^30, 2^31), right shifts 2 .. 31, biases that wrap,
+    output zero points -90, 100 and 3) and affine (shifts >= 32: ties, a zero and a saturating
+    multiplier), with the full int8 range. The same integers as the reference; the other
+    backends run the same cases through their C paths."""
     geo, c, o, zp_in = case
     variant = X4_CASES.index(case)
     rng = np.random.default_rng(300 + variant)
@@ -707,7 +715,13 @@ def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind:
     expected = _mac_case("Conv2D", x, zp_in, w, 0, (1, oh, ow, o), mac, geo.attrs())
     inside = (expected > -128) & (expected < 127)
     assert np.sum(inside) >= 8 and len(np.unique(expected[inside])) >= 4, "all clamped"
-    _conv_and_check(backend, geo, zp_in, mac, x, w, expected)
+    table = f"bnn_x4_tab_{kind}"
+    profiled = table in getattr(getattr(backend, "image", None), "functions", {})
+    _conv_and_check(
+        backend, geo, zp_in, mac, x, w, expected, **({"profile": True} if profiled else {})
+    )
+    if profiled:
+        assert (backend.last_profile.get(table, 0) > 0) == X4_TABLE[variant]
 
 
 # 3x3 depthwise geometries for the M7's assembly loop, which reads a window one row or column

@@ -27,7 +27,9 @@
  *  - pointwise (1x1, no padding), C a multiple of 4: blocks of 4 pixels (C <= 256; inputs
  *    expanded once to int16 pairs, then per output channel an assembly loop of LDMs and SMLADs
  *    and the 4 outputs stored with the channel's constants read once, bnn_conv_x4_channels;
- *    the whole channel loop in assembly, bnn_x4_asm, when every channel takes a fast store),
+ *    the whole channel loop in assembly, bnn_x4_asm, when every channel takes a fast store;
+ *    then with the channels' constants from a table in the buffer's free words, bnn_x4_table,
+ *    one LDM per channel, where it fits, in chunks of channels where those pay),
  *    then pairs of pixels x pairs of channels (C <= 512), bnn_conv_1x1x_body;
  *  - other pointwise: pairs reading the int8 inputs directly, bnn_conv_1x1_body;
  *  - a window of at most BNN_PATCH4_MAX taps (KH * KW * C; the stems): the same 4-pixel blocks
@@ -171,9 +173,8 @@ BNN_ALWAYS_INLINE const int8_t *bnn_pw_pixel(const bnn_conv_params_t *params, co
     "smlad   %[a3], r6, %[wl], %[a3]\n\t"                                                      \
     "smlad   %[a3], r8, %[wh], %[a3]\n\t"
 
-#if BNN_TFLITE_FAST && BNN_AFFINE_FAST && defined(__GNUC__)
-#define BNN_X4_ASM 1
-/* bnn_x4_asm's state, read and updated by the assembly through lr (offsets in the comments). */
+/* bnn_x4_asm's state, read and updated by the assembly through lr (offsets in the comments);
+ * one per bnn_conv_dsp_* call, in its frame beside the buffer, for every block of 4 pixels. */
 typedef struct {
     const int32_t *xb; /* 0: the expanded inputs */
     uintptr_t xlim;    /* 4: xb + 8 * groups - 64, as an integer: two groups remain while
@@ -187,7 +188,12 @@ typedef struct {
     const void *c1;    /* 32: TFLite q_mult (int32), affine a_offset (int64) */
     const void *c2;    /* 36: TFLite q_shift (int32), affine a_shift (int8) */
     int32_t zp;        /* 40: TFLite out_zero_point */
+    const int32_t *tab; /* 44: bnn_x4_tab_*: the current channel's constants (bnn_x4_table) */
 } bnn_x4_state_t;
+
+#if BNN_TFLITE_FAST && BNN_AFFINE_FAST && defined(__GNUC__)
+#define BNN_X4_ASM 1
+#define BNN_X4_ASM_ARG __attribute__((unused)) /* read by the assembly, not by C */
 
 /* One group of 4 taps for the 4 pixels: the weight word (r11 moving on) expanded into r7 (taps
  * 0, 2) and r9 (1, 3), the 8 expanded input words (r10 moving on) by two LDMs, 8 SMLADs into
@@ -277,6 +283,99 @@ typedef struct {
 #define BNN_X4A_CLOBBERS                                                                       \
     "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc", "memory"
 
+/* Words per channel of bnn_x4_table: TFLite mult, e - 1, 2^(e-2), zp, bias; affine mult,
+ * offset low word, high word, shift - 32. */
+#define BNN_X4_TAB_WORDS(kind) ((kind) == BNN_OUT_TFLITE ? 5 : 4)
+
+/* bnn_x4_asm's loop with each channel's constants read from a table (st->tab, bnn_x4_table)
+ * by one LDM instead of three arrays: 6 (TFLite) or 3 (affine) instructions per channel where
+ * the arrays take 14 and 10. Naked functions (the state's address in r0, AAPCS): the assembly
+ * saves and restores the registers it uses (36 bytes of stack). */
+__attribute__((naked)) static void bnn_x4_tab_tflite(bnn_x4_state_t *st BNN_X4_ASM_ARG)
+{
+    __asm__ volatile("push    {r4-r11, lr}\n\t"
+                     "mov     lr, r0\n\t"
+                     "ldr     r11, [lr, #8]\n"
+                     "10:\n\t"
+                     "ldr     r12, [lr, #4]\n\t"
+                     "ldr     r7, [lr, #44]\n\t"
+                     "ldr     r0, [r7, #16]\n\t" /* the bias */
+                     "mov     r1, r0\n\t"
+                     "mov     r2, r0\n\t"
+                     "mov     r3, r0\n\t" BNN_X4A_MACS
+                     "ldr     r7, [lr, #44]\n\t"
+                     "ldmia   r7!, {r4, r5, r6, r8}\n\t"
+                     "add     r7, r7, #4\n\t"
+                     "str     r7, [lr, #44]\n\t"
+                     BNN_X4A_STORE4(BNN_X4A_TFLITE_STEP("r0", "[r9]"),
+                                    BNN_X4A_TFLITE_STEP("r1", "[r9, r10]"),
+                                    BNN_X4A_TFLITE_STEP("r2", "[r0]"),
+                                    BNN_X4A_TFLITE_STEP("r3", "[r0, r10]"))
+                     "pop     {r4-r11, pc}\n\t");
+}
+__attribute__((naked)) static void bnn_x4_tab_affine(bnn_x4_state_t *st BNN_X4_ASM_ARG)
+{
+    __asm__ volatile("push    {r4-r11, lr}\n\t"
+                     "mov     lr, r0\n\t"
+                     "ldr     r11, [lr, #8]\n"
+                     "10:\n\t"
+                     "ldr     r12, [lr, #4]\n\t"
+                     "mov     r0, #0\n\t"
+                     "mov     r1, #0\n\t"
+                     "mov     r2, #0\n\t"
+                     "mov     r3, #0\n\t" BNN_X4A_MACS
+                     "ldr     r7, [lr, #44]\n\t"
+                     "ldmia   r7!, {r4, r5, r6, r8}\n\t"
+                     "str     r7, [lr, #44]\n\t"
+                     BNN_X4A_STORE4(BNN_X4A_AFFINE_STEP("r0", "[r9]", "4"),
+                                    BNN_X4A_AFFINE_STEP("r1", "[r9, r10]", "5"),
+                                    BNN_X4A_AFFINE_STEP("r2", "[r0]", "6"),
+                                    BNN_X4A_AFFINE_STEP("r3", "[r0, r10]", "7"))
+                     "pop     {r4-r11, pc}\n\t");
+}
+
+/* The constants of channels o_begin .. o_end - 1 for bnn_x4_tab_* into tab (BNN_X4_TAB_WORDS
+ * words each), for a call whose every channel takes a fast store (bnn_fast_stores_ok). The
+ * output's arrays come one by one (taking the address of a local copy of the output struct
+ * would keep that copy in the caller's frame). */
+BNN_NOINLINE void bnn_x4_table_tflite(const int32_t *bias, const int32_t *mult,
+                                      const int32_t *shift, int32_t zp, int32_t n, int32_t *tab)
+{
+    int32_t o;
+    for (o = 0; o < n; ++o, tab += 5) {
+        const int32_t e = -shift[o]; /* >= 2 */
+        tab[0] = mult[o];
+        tab[1] = e - 1;
+        tab[2] = (int32_t)1 << (e - 2);
+        tab[3] = zp;
+        tab[4] = bias[o];
+    }
+}
+BNN_NOINLINE void bnn_x4_table_affine(const int32_t *mult, const int64_t *offset,
+                                      const int8_t *shift, int32_t n, int32_t *tab)
+{
+    int32_t o;
+    for (o = 0; o < n; ++o, tab += 4) {
+        const uint64_t b = (uint64_t)offset[o];
+        tab[0] = mult[o];
+        tab[1] = bnn_s32_from_u32((uint32_t)b);
+        tab[2] = bnn_s32_from_u32((uint32_t)(b >> 32));
+        tab[3] = shift[o] - 32;
+    }
+}
+BNN_ALWAYS_INLINE void bnn_x4_table(bnn_out_kind_t kind, const bnn_output_t *output,
+                                    int32_t o_begin, int32_t o_end, int32_t *tab)
+{
+    if (kind == BNN_OUT_TFLITE) {
+        bnn_x4_table_tflite(output->bias + o_begin, output->q_mult + o_begin,
+                            output->q_shift + o_begin, output->out_zero_point, o_end - o_begin,
+                            tab);
+    } else {
+        bnn_x4_table_affine(output->a_mult + o_begin, output->a_offset + o_begin,
+                            output->a_shift + o_begin, o_end - o_begin, tab);
+    }
+}
+
 /* bnn_conv_x4_channels in one assembly loop over the channels o_begin .. o_end - 1, for the
  * fast stores only: TFLite with a bias, two roundings, every channel bnn_tflite_fast_ok and the
  * full int8 range, or affine with every shift >= 32 and the full range (bnn_fast_stores_ok). The
@@ -289,25 +388,35 @@ typedef struct {
 BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *output,
                                   const int32_t *xb, int32_t groups, const int8_t *filter,
                                   int32_t fstride, int32_t o_begin, int32_t o_end, int32_t pix,
-                                  int32_t out_c, void *out)
+                                  int32_t out_c, void *out, const int32_t *tab,
+                                  bnn_x4_state_t *state)
 {
-    bnn_x4_state_t st;
-    register bnn_x4_state_t *p __asm__("r12") = &st;
+    bnn_x4_state_t *const st = state;
+    register bnn_x4_state_t *p __asm__("r12") = st;
     if (o_begin >= o_end) {
         return;
     }
-    st.xb = xb;
-    st.xlim = (uintptr_t)(xb + 8 * groups) - 64u;
-    st.w = filter;
-    st.wskip = fstride - 4 * groups;
-    st.y = (int8_t *)out + (size_t)pix * (size_t)out_c + (size_t)o_begin;
-    st.oc = out_c;
-    st.y_end = st.y + (o_end - o_begin);
-    st.zp = output->out_zero_point;
+    st->xb = xb;
+    st->xlim = (uintptr_t)(xb + 8 * groups) - 64u;
+    st->w = filter;
+    st->wskip = fstride - 4 * groups;
+    st->y = (int8_t *)out + (size_t)pix * (size_t)out_c + (size_t)o_begin;
+    st->oc = out_c;
+    st->y_end = st->y + (o_end - o_begin);
+    st->zp = output->out_zero_point;
+    if (tab != NULL) { /* the constants from the table (its entry for o_begin) */
+        st->tab = tab;
+        if (kind == BNN_OUT_TFLITE) {
+            bnn_x4_tab_tflite(st);
+        } else {
+            bnn_x4_tab_affine(st);
+        }
+        return;
+    }
     if (kind == BNN_OUT_TFLITE) {
-        st.c0 = output->bias + o_begin;
-        st.c1 = output->q_mult + o_begin;
-        st.c2 = output->q_shift + o_begin;
+        st->c0 = output->bias + o_begin;
+        st->c1 = output->q_mult + o_begin;
+        st->c2 = output->q_shift + o_begin;
         __asm__ volatile(
             BNN_X4A_ENTER BNN_X4A_NEXT("ldr", "r0", "28", "4")
             "mov     r1, r0\n\t"
@@ -328,9 +437,9 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
             :
             : BNN_X4A_CLOBBERS);
     } else {
-        st.c0 = output->a_mult + o_begin;
-        st.c1 = output->a_offset + o_begin;
-        st.c2 = output->a_shift + o_begin;
+        st->c0 = output->a_mult + o_begin;
+        st->c1 = output->a_offset + o_begin;
+        st->c2 = output->a_shift + o_begin;
         __asm__ volatile(
             BNN_X4A_ENTER
             "mov     r0, #0\n\t"
@@ -361,6 +470,7 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
 
 #else
 #define BNN_X4_ASM 0
+#define BNN_X4_TAB_WORDS(kind) 4
 #endif
 
 /* The output channels of a block of 4 output pixels (from `pix`) whose inputs are expanded in
@@ -375,7 +485,8 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
                                             const int32_t *xb, int32_t groups,
                                             const int8_t *filter, int32_t fstride,
                                             int32_t o_begin, int32_t o_end, int32_t pix,
-                                            int32_t out_c, void *out, int use_asm)
+                                            int32_t out_c, void *out, int use_asm,
+                                            const int32_t *tab, bnn_x4_state_t *st)
 {
 #if BNN_TFLITE_FAST /* (and BNN_AFFINE_FAST: the same conditions) */
     /* the int8 range is the full one: the fast stores apply (then per channel) */
@@ -386,11 +497,14 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
     int32_t o;
 #if BNN_X4_ASM
     if (use_asm) {
-        bnn_x4_asm(kind, output, xb, groups, filter, fstride, o_begin, o_end, pix, out_c, out);
+        bnn_x4_asm(kind, output, xb, groups, filter, fstride, o_begin, o_end, pix, out_c, out,
+                   tab, st);
         return;
     }
 #else
     (void)use_asm;
+    (void)tab;
+    (void)st;
 #endif
     for (o = o_begin; o < o_end; ++o) {
         const int8_t *w = filter + (size_t)(o - o_begin) * (size_t)fstride;
@@ -495,26 +609,45 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
                                          const bnn_output_t *output, const int8_t *in,
                                          int32_t in_w, int32_t in_c, const int8_t *filter,
                                          int32_t npix, int32_t out_w, int32_t out_c, void *out,
-                                         int32_t *xb)
+                                         int32_t *xb, int32_t words, bnn_x4_state_t *st)
 {
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
     const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c);
-    int32_t pix;
-    for (pix = 0; pix + 4 <= npix; pix += 4) {
-        int32_t g, p;
-        for (p = 0; p < 4; ++p) {
-            const int8_t *src = bnn_pw_pixel(params, in, in_w, in_c, out_w, pix + p);
-            int32_t *dst = xb + 2 * p;
-            for (g = 0; g < groups; ++g, src += 4, dst += 8) {
-                int32_t v;
-                memcpy(&v, src, 4);
-                dst[0] = __sxtab16(neg_zp, v);
-                dst[1] = bnn_sxtab16_ror8(neg_zp, v);
-            }
+    /* the channels whose constants fit in xb after the expanded inputs (bnn_x4_table); taken
+     * in chunks of that many, each chunk expanding the inputs again, where that costs less
+     * than half of what the table saves (per block of 4 pixels: about 8 instructions per
+     * channel saved, 28 per group of 4 input channels and 40 more per chunk after the first,
+     * 15 per chunk for the call) */
+    const int32_t fit = (words - 8 * groups) / BNN_X4_TAB_WORDS(kind);
+    const int32_t chunks = fit > 0 ? (out_c + fit - 1) / fit : 0;
+    const int table = use_asm && fit > 0 &&
+                      8 * out_c > 2 * ((chunks - 1) * (28 * groups + 40) + 15 * chunks);
+    const int32_t chunk = table && fit < out_c ? fit : out_c;
+    int32_t *const tab = xb + 8 * groups;
+    int32_t pix = 0, o0;
+    for (o0 = 0; o0 < out_c; o0 += chunk) {
+        const int32_t o1 = out_c - o0 < chunk ? out_c : o0 + chunk;
+#if BNN_X4_ASM
+        if (table) {
+            bnn_x4_table(kind, output, o0, o1, tab);
         }
-        bnn_conv_x4_channels(kind, output, xb, groups, filter, in_c, 0, out_c, pix, out_c, out,
-                             use_asm);
+#endif
+        for (pix = 0; pix + 4 <= npix; pix += 4) {
+            int32_t g, p;
+            for (p = 0; p < 4; ++p) {
+                const int8_t *src = bnn_pw_pixel(params, in, in_w, in_c, out_w, pix + p);
+                int32_t *dst = xb + 2 * p;
+                for (g = 0; g < groups; ++g, src += 4, dst += 8) {
+                    int32_t v;
+                    memcpy(&v, src, 4);
+                    dst[0] = __sxtab16(neg_zp, v);
+                    dst[1] = bnn_sxtab16_ror8(neg_zp, v);
+                }
+            }
+            bnn_conv_x4_channels(kind, output, xb, groups, filter + (size_t)o0 * (size_t)in_c,
+                                 in_c, o0, o1, pix, out_c, out, use_asm, table ? tab : NULL, st);
+        }
     }
     return pix;
 }
@@ -529,7 +662,7 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
                                           const bnn_output_t *output_in, const int8_t *in,
                                           int32_t in_w, int32_t in_c, const int8_t *filter,
                                           int32_t out_h, int32_t out_w, int32_t out_c, void *out,
-                                          int32_t *xb, int32_t words)
+                                          int32_t *xb, int32_t words, bnn_x4_state_t *st)
 {
     /* a local copy: the int8 stores below may alias *output, this cannot */
     const bnn_output_t local = *output_in;
@@ -541,7 +674,7 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
     int32_t pix = 0;
     if (groups <= words / 8) { /* blocks of 4 pixels first, then pairs (xb: `words` words) */
         pix = bnn_conv_1x1x4(kind, params, output, in, in_w, in_c, filter, npix, out_w, out_c,
-                             out, xb);
+                             out, xb, words, st);
     }
     for (; pix < npix; pix += 2) {
         const int32_t two = pix + 1 < npix;
@@ -770,7 +903,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
                                             int32_t in_h, int32_t in_w, int32_t in_c,
                                             const int8_t *filter, int32_t kh, int32_t kw,
                                             int32_t npix, int32_t out_w, int32_t out_c,
-                                            void *out, int32_t *xb)
+                                            void *out, int32_t *xb, bnn_x4_state_t *st)
 {
     const int32_t taps = kh * kw * in_c;
     const int32_t groups = (taps + 3) / 4;
@@ -780,8 +913,16 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
     const int32_t split = taps % 4 != 0 ? out_c - 1 : out_c; /* channels read in place */
     int8_t *const raw = (int8_t *)(xb + 8 * groups);        /* 4 * groups bytes */
     int8_t *const last = (int8_t *)(xb + 9 * groups);       /* likewise */
+    int32_t *const tab = xb + 10 * groups;                  /* bnn_x4_table, if it fits */
     const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c);
+    const int table =
+        use_asm && (BNN_PW_XBUF - 10 * groups) / BNN_X4_TAB_WORDS(kind) >= out_c;
     int32_t pix, k;
+#if BNN_X4_ASM
+    if (table) {
+        bnn_x4_table(kind, output, 0, out_c, tab);
+    }
+#endif
     memcpy(last, last_filter, (size_t)taps);
     for (k = taps; k < 4 * groups; ++k) {
         last[k] = 0;
@@ -803,10 +944,11 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
             }
         }
         bnn_conv_x4_channels(kind, output, xb, groups, filter, taps, 0, split, pix, out_c, out,
-                             use_asm);
+                             use_asm, table ? tab : NULL, st);
         if (split < out_c) {
             bnn_conv_x4_channels(kind, output, xb, groups, last, taps, split, out_c, pix, out_c,
-                                 out, use_asm);
+                                 out, use_asm, table ? tab + BNN_X4_TAB_WORDS(kind) * split : NULL,
+                                 st);
         }
     }
     return pix;
@@ -916,18 +1058,18 @@ BNN_ALWAYS_INLINE int bnn_conv_dsp(bnn_out_kind_t kind, const bnn_conv_params_t 
                                    const bnn_output_t *output, const int8_t *in, int32_t in_h,
                                    int32_t in_w, int32_t in_c, const int8_t *filter, int32_t kh,
                                    int32_t kw, int32_t out_h, int32_t out_w, int32_t out_c,
-                                   void *out, int32_t *xb, int32_t words)
+                                   void *out, int32_t *xb, int32_t words, bnn_x4_state_t *st)
 {
     const int32_t taps = kh * kw * in_c; /* <= INT32_MAX: checked */
     if (words > BNN_PW_XBUF) { /* the big buffer: deep pointwise layers only */
         bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
-                           out, xb, words);
+                           out, xb, words, st);
         return 1;
     }
     if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
         if (in_c % 4 == 0 && in_c <= words) {
             bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
-                               out, xb, words);
+                               out, xb, words, st);
         } else {
             bnn_conv_1x1_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
                               out);
@@ -940,7 +1082,7 @@ BNN_ALWAYS_INLINE int bnn_conv_dsp(bnn_out_kind_t kind, const bnn_conv_params_t 
             /* a local copy: the int8 stores may alias *output, this cannot */
             const bnn_output_t local = *output;
             pix = bnn_conv_patch_x4(kind, params, &local, in, in_h, in_w, in_c, filter, kh, kw,
-                                    out_h * out_w, out_w, out_c, out, xb);
+                                    out_h * out_w, out_w, out_c, out, xb, st);
         }
         bnn_conv_patch_body(kind, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h,
                             out_w, out_c, out, pix, xb);
@@ -961,8 +1103,9 @@ BNN_ALWAYS_INLINE int bnn_conv_dsp(bnn_out_kind_t kind, const bnn_conv_params_t 
                           int32_t out_w, int32_t out_c, void *out)                             \
     {                                                                                          \
         int32_t xb[WORDS];                                                                     \
+        bnn_x4_state_t st;                                                                     \
         return bnn_conv_dsp(KIND, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, \
-                            out_w, out_c, out, xb, WORDS);                                     \
+                            out_w, out_c, out, xb, WORDS, &st);                                \
     }
 BNN_CONV_DSP_FN(bnn_conv_dsp_affine, BNN_OUT_AFFINE, BNN_PW_XBUF)
 BNN_CONV_DSP_FN(bnn_conv_dsp_tflite, BNN_OUT_TFLITE, BNN_PW_XBUF)
