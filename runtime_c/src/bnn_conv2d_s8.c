@@ -895,7 +895,8 @@ BNN_ALWAYS_INLINE void bnn_patch_gather(const bnn_conv_params_t *params, const i
 /* Convolution of a small window (at most BNN_PATCH4_MAX taps) in blocks of 4 output pixels,
  * Cortex-M7: each pixel's window is gathered as bytes (bnn_patch_gather; the taps that pad it
  * to whole groups of 4 are the zero point), expanded into `xb` as int16 minus the zero point
- * (SXTB16, SXTB16 ror 8, SSUB16), then bnn_conv_x4_channels with the filters' stride `taps`.
+ * (SXTAB16 and SXTAB16 ror 8 onto -zp), then bnn_conv_x4_channels with the filters' stride
+ * `taps`.
  * The last filter's partial group would be read past the array: that channel reads a copy
  * padded with zeros. Returns the first pixel not done. */
 BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_params_t *params,
@@ -908,7 +909,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
     const int32_t taps = kh * kw * in_c;
     const int32_t groups = (taps + 3) / 4;
     const int32_t zp = params->input_zero_point;
-    const int32_t zp2 = bnn_s32_from_u32(((uint32_t)zp & 0xFFFFu) | ((uint32_t)zp << 16));
+    const int32_t neg_zp = bnn_neg_zp_pair(zp); /* -zp in both halfwords, for SXTAB16 */
     const int8_t *const last_filter = filter + (size_t)(out_c - 1) * (size_t)taps;
     const int32_t split = taps % 4 != 0 ? out_c - 1 : out_c; /* channels read in place */
     int8_t *const raw = (int8_t *)(xb + 8 * groups);        /* 4 * groups bytes */
@@ -939,8 +940,8 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
             for (g = 0; g < groups; ++g, dst += 8) {
                 int32_t v;
                 memcpy(&v, raw + 4 * g, 4);
-                dst[0] = __ssub16(__sxtb16(v), zp2);
-                dst[1] = __ssub16(bnn_sxtb16_ror8(v), zp2);
+                dst[0] = __sxtab16(neg_zp, v);
+                dst[1] = bnn_sxtab16_ror8(neg_zp, v);
             }
         }
         bnn_conv_x4_channels(kind, output, xb, groups, filter, taps, 0, split, pix, out_c, out,
@@ -967,9 +968,8 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
 /* Convolution of a small window, Cortex-M7: for each output pixel the window is gathered once as
  * bytes in OHWI tap order (the taps in the padding, and those that pad the window to whole
  * groups of 4, are the zero point), then each group of 4 bytes becomes two words of int16 taps
- * minus the zero point: SXTB16 gives (t0, t2), SXTB16 ror 8 (t1, t3), the order in which one
- * word pairs with SXTB16 of 4 weights and the other with SXTB16 ror 8 (SSUB16 subtracts the
- * zero point from both halves). The bytes sit in the upper half of the patch and are expanded
+ * minus the zero point: SXTAB16 onto -zp gives (t0, t2), SXTAB16 ror 8 (t1, t3), the order
+ * in which one word pairs with SXTB16 of 4 weights and the other with SXTB16 ror 8. The bytes sit in the upper half of the patch and are expanded
  * from the front: group g writes bytes 8g .. 8g + 7, below every later group's bytes. Every
  * output channel then reads the patch with 2 SMLADs per 4 taps, two channels per step. A
  * filter's last, partial group is read as a whole word (its bytes past the filter belong to the
@@ -994,7 +994,7 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
     const int32_t tail = taps - 4 * groups;     /* taps in the partial group (0: none) */
     const int32_t zp = params->input_zero_point;
     const int8_t zp8 = (int8_t)zp;
-    const int32_t zp2 = bnn_s32_from_u32(((uint32_t)zp & 0xFFFFu) | ((uint32_t)zp << 16));
+    const int32_t neg_zp = bnn_neg_zp_pair(zp); /* -zp in both halfwords, for SXTAB16 */
     const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
     int32_t pix, k;
     for (pix = pix0; pix < out_h * out_w; ++pix) {
@@ -1009,8 +1009,8 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
             for (g = 0; g < all_groups; ++g) {
                 int32_t v;
                 memcpy(&v, raw + 4 * g, 4);
-                word[2 * g] = __ssub16(__sxtb16(v), zp2);
-                word[2 * g + 1] = __ssub16(bnn_sxtb16_ror8(v), zp2);
+                word[2 * g] = __sxtab16(neg_zp, v);
+                word[2 * g + 1] = bnn_sxtab16_ror8(neg_zp, v);
             }
             /* pairs of channels; the last pair's second filter is the array's last */
             for (; o + 2 <= out_c; o += 2) {
