@@ -283,8 +283,8 @@ typedef struct {
 #define BNN_X4A_CLOBBERS                                                                       \
     "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc", "memory"
 
-/* Words per channel of bnn_x4_table: TFLite mult, e - 1, 2^(e-2), zp, bias; affine mult,
- * offset low word, high word, shift - 32. */
+/* Words per channel of bnn_x4_table: bnn_tflite_fast_words and the bias (TFLite), or
+ * bnn_affine_fast_words. */
 #define BNN_X4_TAB_WORDS(kind) ((kind) == BNN_OUT_TFLITE ? 5 : 4)
 
 /* bnn_x4_asm's loop with each channel's constants read from a table (st->tab, bnn_x4_table)
@@ -343,11 +343,7 @@ BNN_NOINLINE void bnn_x4_table_tflite(const int32_t *bias, const int32_t *mult,
 {
     int32_t o;
     for (o = 0; o < n; ++o, tab += 5) {
-        const int32_t e = -shift[o]; /* >= 2 */
-        tab[0] = mult[o];
-        tab[1] = e - 1;
-        tab[2] = (int32_t)1 << (e - 2);
-        tab[3] = zp;
+        bnn_tflite_fast_words(mult[o], shift[o], zp, tab);
         tab[4] = bias[o];
     }
 }
@@ -356,11 +352,7 @@ BNN_NOINLINE void bnn_x4_table_affine(const int32_t *mult, const int64_t *offset
 {
     int32_t o;
     for (o = 0; o < n; ++o, tab += 4) {
-        const uint64_t b = (uint64_t)offset[o];
-        tab[0] = mult[o];
-        tab[1] = bnn_s32_from_u32((uint32_t)b);
-        tab[2] = bnn_s32_from_u32((uint32_t)(b >> 32));
-        tab[3] = shift[o] - 32;
+        bnn_affine_fast_words(mult[o], offset[o], shift[o], tab);
     }
 }
 BNN_ALWAYS_INLINE void bnn_x4_table(bnn_out_kind_t kind, const bnn_output_t *output,

@@ -88,8 +88,7 @@ static int32_t depthwise_acc(const int8_t *in, const int8_t *filter, int32_t in_
  * -1 columns), the outputs one after the other from y. */
 typedef struct {
     int32_t init[4];      /* 0: the 4 sums' start: the TFLite biases, else 0 */
-    int32_t ch[16];       /* 16: per channel, affine: mult, shift - 32, offset low, high word;
-                           * TFLite: mult, khi, em1, zp (bnn_tflite_fast's constants) */
+    int32_t ch[16];       /* 16: per channel, bnn_tflite_fast_words or bnn_affine_fast_words */
     const int8_t *p;      /* 80: the next window as read: its top-left tap, channel oc */
     int8_t *y;            /* 84: the next output, channel oc */
     int32_t pstep;        /* 88: input bytes from one window to the next in a run */
@@ -135,34 +134,34 @@ typedef char bnn_dw3_state_layout_ok[(offsetof(bnn_dw3_state_t, p) == 80 &&
 /* a row of 3 taps; the weights of the grid's rows are 40 bytes apart */
 #define BNN_DW3_ROW(o0, o1, o2)                                                                \
     BNN_DW3_TAP("[r9]", o0) BNN_DW3_TAP("[r9, r10]", o1) BNN_DW3_TAP("[r9, r10, lsl #1]", o2)
-/* bnn_affine_fast of the sum acc, stored at [r9, #off]: the channel's constants by LDM from
- * r12 (mult r4, k r5, offset r6:r8) */
+/* bnn_affine_fast of the sum acc, stored at [r9, #off]: the channel's bnn_affine_fast_words by
+ * LDM from r12 (mult r4, offset r5:r6, k r8) */
 #define BNN_DW3_AFFINE(acc, off)                                                               \
     "ldmia   r12!, {r4, r5, r6, r8}\n\t"                                                        \
-    "smlal   r6, r8, " acc ", r4\n\t"                                                           \
-    "asr     " acc ", r8, r5\n\t"                                                               \
-    "cmp     r6, #0\n\t"                                                                        \
+    "smlal   r5, r6, " acc ", r4\n\t"                                                           \
+    "asr     " acc ", r6, r8\n\t"                                                               \
+    "cmp     r5, #0\n\t"                                                                        \
     "bne     1f\n\t"                                                                            \
-    "rsb     r6, r5, #32\n\t"                                                                   \
-    "lsls    r6, r8, r6\n\t"                                                                    \
+    "rsb     r5, r8, #32\n\t"                                                                   \
+    "lsls    r5, r6, r5\n\t"                                                                    \
     "it      eq\n\t"                                                                            \
-    "biceq   " acc ", " acc ", #1\n"                                                            \
+    "biceq   " acc ", " acc ", #1\n"                                                             \
     "1:\n\t"                                                                                    \
     "ssat    " acc ", #8, " acc "\n\t"                                                          \
     "strb    " acc ", [r9, #" off "]\n\t"
-/* bnn_tflite_fast of the sum acc (the bias in it), stored at [r9, #off]: mult r4, khi r5,
- * em1 r6, zp r8 by LDM from r12; r11 scratch */
+/* bnn_tflite_fast of the sum acc (the bias in it), stored at [r9, #off]: the channel's
+ * bnn_tflite_fast_words by LDM from r12 (mult r4, em1 r5, khi r6, zp r8); r11 scratch */
 #define BNN_DW3_TFLITE(acc, off)                                                               \
     "ldmia   r12!, {r4, r5, r6, r8}\n\t"                                                        \
     "mov     r11, #0x40000000\n\t"                                                              \
-    "smlal   r11, r5, " acc ", r4\n\t"                                                          \
+    "smlal   r11, r6, " acc ", r4\n\t"                                                          \
     "asr     " acc ", " acc ", #31\n\t"                                                         \
     "adds    r11, r11, " acc ", lsl #31\n\t"                                                    \
-    "adc     r5, r5, " acc "\n\t"                                                               \
-    "asr     r5, r5, r6\n\t"                                                                    \
-    "qadd    r5, r5, r8\n\t"                                                                    \
-    "ssat    r5, #8, r5\n\t"                                                                    \
-    "strb    r5, [r9, #" off "]\n\t"
+    "adc     r6, r6, " acc "\n\t"                                                               \
+    "asr     r6, r6, r5\n\t"                                                                    \
+    "qadd    r6, r6, r8\n\t"                                                                    \
+    "ssat    r6, #8, r6\n\t"                                                                    \
+    "strb    r6, [r9, #" off "]\n\t"
 /* The band: per output row, per run (its p, n and w set up from prow, colp, coln, colw and
  * wband), the window loop: sums from init, the 9 taps (rows from p, weights from w), the 4
  * stores by `store`, then the next window and output. The registers it uses are its own: r7
@@ -319,19 +318,13 @@ BNN_ALWAYS_INLINE void bnn_dw3_channels(bnn_dw3_state_t *st, bnn_out_kind_t kind
     for (t = 0; t < 4; ++t) {
         int32_t *ch = st->ch + 4 * t;
         if (kind == BNN_OUT_TFLITE) {
-            const int32_t e = -output->q_shift[oc + t]; /* >= 2 (bnn_tflite_fast_ok) */
             st->init[t] = output->bias != NULL ? output->bias[oc + t] : 0;
-            ch[0] = output->q_mult[oc + t];
-            ch[1] = (int32_t)1 << (e - 2);
-            ch[2] = e - 1;
-            ch[3] = output->out_zero_point;
+            bnn_tflite_fast_words(output->q_mult[oc + t], output->q_shift[oc + t],
+                                  output->out_zero_point, ch);
         } else {
-            const uint64_t offset = (uint64_t)output->a_offset[oc + t];
             st->init[t] = 0;
-            ch[0] = output->a_mult[oc + t];
-            ch[1] = output->a_shift[oc + t] - 32; /* >= 0 */
-            ch[2] = bnn_s32_from_u32((uint32_t)offset);
-            ch[3] = bnn_s32_from_u32((uint32_t)(offset >> 32));
+            bnn_affine_fast_words(output->a_mult[oc + t], output->a_offset[oc + t],
+                                  output->a_shift[oc + t], ch);
         }
     }
 }

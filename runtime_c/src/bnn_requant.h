@@ -594,6 +594,27 @@ BNN_ALWAYS_INLINE int bnn_fast_stores_ok(bnn_out_kind_t kind, const bnn_output_t
     }
     return 0;
 }
+
+/* The 4 words of a channel's fast stores in the order the kernels' assembly loads them (one LDM
+ * into r4, r5, r6, r8). TFLite (bnn_tflite_fast; shift <= -2, e = -shift): mult, e - 1,
+ * 2^(e-2), zp. Affine (bnn_affine_fast; shift >= 32): mult, the offset's low and high words,
+ * shift - 32. */
+BNN_ALWAYS_INLINE void bnn_tflite_fast_words(int32_t mult, int32_t shift, int32_t zp, int32_t *c)
+{
+    const int32_t e = -shift;
+    c[0] = mult;
+    c[1] = e - 1;
+    c[2] = (int32_t)1 << (e - 2);
+    c[3] = zp;
+}
+BNN_ALWAYS_INLINE void bnn_affine_fast_words(int32_t mult, int64_t offset, int32_t shift,
+                                             int32_t *c)
+{
+    c[0] = mult;
+    c[1] = bnn_s32_from_u32((uint32_t)(uint64_t)offset);
+    c[2] = bnn_s32_from_u32((uint32_t)((uint64_t)offset >> 32));
+    c[3] = shift - 32;
+}
 /* bnn_tflite_out for a channel made by bnn_tflite_ch. The clamp of scaled + zp to [act_min,
  * act_max] is done in 32 bits: scaled first to [act_min - zp, act_max - zp] (within [-255,
  * 255], as all three are int8), then + zp, which can no longer overflow. On the Cortex-M7
