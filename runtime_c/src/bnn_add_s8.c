@@ -187,12 +187,12 @@ BNN_NOINLINE void bnn_add_tflite_tables(const bnn_add_params_t *params, int32_t 
     }
 #if BNN_TFLITE_FAST
     if (lo == BNN_INT8_MIN && hi == BNN_INT8_MAX &&
-        bnn_tflite_fast_ok(params->out_mult, params->out_shift)) {
-        const int32_t m = params->out_mult, e = -params->out_shift;
-        const int32_t khi = (int32_t)1 << (e - 2);
+        bnn_tflite_fast_ok(params->out_mult, params->out_shift, zp)) {
+        const int32_t m = params->out_mult, em1 = -params->out_shift - 1;
+        const int32_t k = bnn_tflite_fast_k(params->out_shift, zp);
         for (i = 0; i < size; ++i) {
             uint32_t sum = (uint32_t)pa[a[i]] + (uint32_t)pb[b[i]];
-            out[i] = (int8_t)bnn_tflite_fast(bnn_s32_from_u32(sum), m, khi, e - 1, zp);
+            out[i] = (int8_t)bnn_tflite_fast(bnn_s32_from_u32(sum), m, k, em1);
         }
         return;
     }

@@ -270,8 +270,8 @@ static void bnn_bconv2d_emit_lce(const bnn_bconv2d_geom_t *g, const bnn_output_t
             ((int8_t *)out)[(size_t)pixel * (size_t)g->o + (size_t)o] = bnn_bconv2d_round_s8(y);
         } else {
             float value = y;
-            memcpy((unsigned char *)out + ((size_t)pixel * (size_t)g->o + (size_t)o) * sizeof(float),
-                   &value, sizeof(float));
+            const size_t index = (size_t)pixel * (size_t)g->o + (size_t)o;
+            memcpy((unsigned char *)out + index * sizeof(float), &value, sizeof(float));
         }
     }
 }

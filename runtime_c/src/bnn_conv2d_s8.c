@@ -187,7 +187,7 @@ typedef struct {
     const void *c0;    /* 28: TFLite bias (int32), affine a_mult (int32), per channel */
     const void *c1;    /* 32: TFLite q_mult (int32), affine a_offset (int64) */
     const void *c2;    /* 36: TFLite q_shift (int32), affine a_shift (int8) */
-    int32_t zp;        /* 40: TFLite out_zero_point */
+    int32_t zp2p1;     /* 40: TFLite 2 * out_zero_point + 1 (bnn_tflite_fast_k's factor) */
     const int32_t *tab; /* 44: bnn_x4_tab_*: the current channel's constants (bnn_x4_table) */
 } bnn_x4_state_t;
 
@@ -232,7 +232,7 @@ typedef struct {
     "ldr     r7, [lr, #" off "]\n\t"                                                            \
     load "   " reg ", [r7], #" step "\n\t"                                                      \
     "str     r7, [lr, #" off "]\n\t"
-/* bnn_tflite_fast of the sum x stored at addr: mult r4, em1 r5, khi r6, zp r8; r7, r12 scratch */
+/* bnn_tflite_fast of the sum x stored at addr: mult r4, em1 r5, k r6; r7, r12 scratch */
 #define BNN_X4A_TFLITE_STEP(x, addr)                                                           \
     "mov     r7, #0x40000000\n\t"                                                               \
     "mov     r12, r6\n\t"                                                                       \
@@ -241,7 +241,6 @@ typedef struct {
     "adds    r7, r7, " x ", lsl #31\n\t"                                                        \
     "adc     r12, r12, " x "\n\t"                                                               \
     "asr     r12, r12, r5\n\t"                                                                  \
-    "qadd    r12, r12, r8\n\t"                                                                  \
     "ssat    r12, #8, r12\n\t"                                                                  \
     "strb    r12, " addr "\n\t"
 /* bnn_affine_fast of the sum x stored at addr: mult r4, offset r5:r6, k = shift - 32 r8 */
@@ -283,13 +282,13 @@ typedef struct {
 #define BNN_X4A_CLOBBERS                                                                       \
     "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc", "memory"
 
-/* Words per channel of bnn_x4_table: bnn_tflite_fast_words and the bias (TFLite), or
+/* Words per channel of bnn_x4_table: bnn_tflite_fast_words (the bias last) or
  * bnn_affine_fast_words. */
-#define BNN_X4_TAB_WORDS(kind) ((kind) == BNN_OUT_TFLITE ? 5 : 4)
+#define BNN_X4_TAB_WORDS 4
 
 /* bnn_x4_asm's loop with each channel's constants read from a table (st->tab, bnn_x4_table)
- * by one LDM instead of three arrays: 6 (TFLite) or 3 (affine) instructions per channel where
- * the arrays take 14 and 10. Naked functions (the state's address in r0, AAPCS): the assembly
+ * by one LDM instead of three arrays: 5 (TFLite) or 3 (affine) instructions per channel where
+ * the arrays take 13 and 10. Naked functions (the state's address in r0, AAPCS): the assembly
  * saves and restores the registers it uses (36 bytes of stack). */
 __attribute__((naked)) static void bnn_x4_tab_tflite(bnn_x4_state_t *st BNN_X4_ASM_ARG)
 {
@@ -299,13 +298,12 @@ __attribute__((naked)) static void bnn_x4_tab_tflite(bnn_x4_state_t *st BNN_X4_A
                      "10:\n\t"
                      "ldr     r12, [lr, #4]\n\t"
                      "ldr     r7, [lr, #44]\n\t"
-                     "ldr     r0, [r7, #16]\n\t" /* the bias */
+                     "ldr     r0, [r7, #12]\n\t" /* the bias */
                      "mov     r1, r0\n\t"
                      "mov     r2, r0\n\t"
                      "mov     r3, r0\n\t" BNN_X4A_MACS
                      "ldr     r7, [lr, #44]\n\t"
                      "ldmia   r7!, {r4, r5, r6, r8}\n\t"
-                     "add     r7, r7, #4\n\t"
                      "str     r7, [lr, #44]\n\t"
                      BNN_X4A_STORE4(BNN_X4A_TFLITE_STEP("r0", "[r9]"),
                                     BNN_X4A_TFLITE_STEP("r1", "[r9, r10]"),
@@ -342,16 +340,15 @@ BNN_NOINLINE void bnn_x4_table_tflite(const int32_t *bias, const int32_t *mult,
                                       const int32_t *shift, int32_t zp, int32_t n, int32_t *tab)
 {
     int32_t o;
-    for (o = 0; o < n; ++o, tab += 5) {
-        bnn_tflite_fast_words(mult[o], shift[o], zp, tab);
-        tab[4] = bias[o];
+    for (o = 0; o < n; ++o, tab += BNN_X4_TAB_WORDS) {
+        bnn_tflite_fast_words(mult[o], shift[o], zp, bias[o], tab);
     }
 }
 BNN_NOINLINE void bnn_x4_table_affine(const int32_t *mult, const int64_t *offset,
                                       const int8_t *shift, int32_t n, int32_t *tab)
 {
     int32_t o;
-    for (o = 0; o < n; ++o, tab += 4) {
+    for (o = 0; o < n; ++o, tab += BNN_X4_TAB_WORDS) {
         bnn_affine_fast_words(mult[o], offset[o], shift[o], tab);
     }
 }
@@ -395,7 +392,7 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
     st->y = (int8_t *)out + (size_t)pix * (size_t)out_c + (size_t)o_begin;
     st->oc = out_c;
     st->y_end = st->y + (o_end - o_begin);
-    st->zp = output->out_zero_point;
+    st->zp2p1 = 2 * output->out_zero_point + 1;
     if (tab != NULL) { /* the constants from the table (its entry for o_begin) */
         st->tab = tab;
         if (kind == BNN_OUT_TFLITE) {
@@ -417,9 +414,8 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
             BNN_X4A_NEXT("ldr", "r5", "36", "4")
             "mvn     r5, r5\n\t" /* em1 = e - 1 = -shift - 1 */
             "sub     r8, r5, #1\n\t"
-            "mov     r6, #1\n\t"
-            "lsl     r6, r6, r8\n\t" /* khi = 2^(e-2) */
-            "ldr     r8, [lr, #40]\n\t"
+            "ldr     r6, [lr, #40]\n\t"
+            "lsl     r6, r6, r8\n\t" /* k = (2 zp + 1) * 2^(e-2) */
             BNN_X4A_STORE4(BNN_X4A_TFLITE_STEP("r0", "[r9]"),
                            BNN_X4A_TFLITE_STEP("r1", "[r9, r10]"),
                            BNN_X4A_TFLITE_STEP("r2", "[r0]"),
@@ -462,7 +458,7 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
 
 #else
 #define BNN_X4_ASM 0
-#define BNN_X4_TAB_WORDS(kind) 4
+#define BNN_X4_TAB_WORDS 4
 #endif
 
 /* The output channels of a block of 4 output pixels (from `pix`) whose inputs are expanded in
@@ -572,9 +568,9 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
         } else if (kind == BNN_OUT_TFLITE) { /* likewise; the bias is in the sums */
             const int32_t q = output->q_mult[o], s = output->q_shift[o];
 #if BNN_TFLITE_FAST
-            if (fast && bnn_tflite_fast_ok(q, s)) {
-                (void)bnn_tflite_fast4(y, out_c, a0, a1, a2, a3, q, (int32_t)1 << (-s - 2),
-                                       -s - 1, zp);
+            if (fast && bnn_tflite_fast_ok(q, s, zp)) {
+                (void)bnn_tflite_fast4(y, out_c, a0, a1, a2, a3, q, bnn_tflite_fast_k(s, zp),
+                                       -s - 1);
                 continue;
             }
 #endif
@@ -611,7 +607,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
      * than half of what the table saves (per block of 4 pixels: about 8 instructions per
      * channel saved, 28 per group of 4 input channels and 40 more per chunk after the first,
      * 15 per chunk for the call) */
-    const int32_t fit = (words - 8 * groups) / BNN_X4_TAB_WORDS(kind);
+    const int32_t fit = (words - 8 * groups) / BNN_X4_TAB_WORDS;
     const int32_t chunks = fit > 0 ? (out_c + fit - 1) / fit : 0;
     const int table = use_asm && fit > 0 &&
                       8 * out_c > 2 * ((chunks - 1) * (28 * groups + 40) + 15 * chunks);
@@ -909,7 +905,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
     int32_t *const tab = xb + 10 * groups;                  /* bnn_x4_table, if it fits */
     const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c);
     const int table =
-        use_asm && (BNN_PW_XBUF - 10 * groups) / BNN_X4_TAB_WORDS(kind) >= out_c;
+        use_asm && (BNN_PW_XBUF - 10 * groups) / BNN_X4_TAB_WORDS >= out_c;
     int32_t pix, k;
 #if BNN_X4_ASM
     if (table) {
@@ -940,7 +936,7 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
                              use_asm, table ? tab : NULL, st);
         if (split < out_c) {
             bnn_conv_x4_channels(kind, output, xb, groups, last, taps, split, out_c, pix, out_c,
-                                 out, use_asm, table ? tab + BNN_X4_TAB_WORDS(kind) * split : NULL,
+                                 out, use_asm, table ? tab + BNN_X4_TAB_WORDS * split : NULL,
                                  st);
         }
     }
@@ -961,12 +957,13 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
  * bytes in OHWI tap order (the taps in the padding, and those that pad the window to whole
  * groups of 4, are the zero point), then each group of 4 bytes becomes two words of int16 taps
  * minus the zero point: SXTAB16 onto -zp gives (t0, t2), SXTAB16 ror 8 (t1, t3), the order
- * in which one word pairs with SXTB16 of 4 weights and the other with SXTB16 ror 8. The bytes sit in the upper half of the patch and are expanded
- * from the front: group g writes bytes 8g .. 8g + 7, below every later group's bytes. Every
- * output channel then reads the patch with 2 SMLADs per 4 taps, two channels per step. A
- * filter's last, partial group is read as a whole word (its bytes past the filter belong to the
- * next filter and meet zero taps), except for the last filter's, which is read byte by byte.
- * Same sums modulo 2^32 as the plain path: bit-exact. */
+ * in which one word pairs with SXTB16 of 4 weights and the other with SXTB16 ror 8. The bytes
+ * sit in the upper half of the patch and are expanded from the front: group g writes bytes
+ * 8g .. 8g + 7, below every later group's bytes. Every output channel then reads the patch with
+ * 2 SMLADs per 4 taps, two channels per step. A filter's last, partial group is read as a whole
+ * word (its bytes past the filter belong to the next filter and meet zero taps), except for the
+ * last filter's, which is read byte by byte. Same sums modulo 2^32 as the plain path:
+ * bit-exact. */
 BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_params_t *params,
                                            const bnn_output_t *output_in, const int8_t *in,
                                            int32_t in_h, int32_t in_w, int32_t in_c,

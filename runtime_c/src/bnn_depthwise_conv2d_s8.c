@@ -150,7 +150,8 @@ typedef char bnn_dw3_state_layout_ok[(offsetof(bnn_dw3_state_t, p) == 80 &&
     "ssat    " acc ", #8, " acc "\n\t"                                                          \
     "strb    " acc ", [r9, #" off "]\n\t"
 /* bnn_tflite_fast of the sum acc (the bias in it), stored at [r9, #off]: the channel's
- * bnn_tflite_fast_words by LDM from r12 (mult r4, em1 r5, khi r6, zp r8); r11 scratch */
+ * bnn_tflite_fast_words by LDM from r12 (mult r4, em1 r5, k r6; r8 the bias, unused); r11
+ * scratch */
 #define BNN_DW3_TFLITE(acc, off)                                                               \
     "ldmia   r12!, {r4, r5, r6, r8}\n\t"                                                        \
     "mov     r11, #0x40000000\n\t"                                                              \
@@ -159,7 +160,6 @@ typedef char bnn_dw3_state_layout_ok[(offsetof(bnn_dw3_state_t, p) == 80 &&
     "adds    r11, r11, " acc ", lsl #31\n\t"                                                    \
     "adc     r6, r6, " acc "\n\t"                                                               \
     "asr     r6, r6, r5\n\t"                                                                    \
-    "qadd    r6, r6, r8\n\t"                                                                    \
     "ssat    r6, #8, r6\n\t"                                                                    \
     "strb    r6, [r9, #" off "]\n\t"
 /* The band: per output row, per run (its p, n and w set up from prow, colp, coln, colw and
@@ -320,7 +320,7 @@ BNN_ALWAYS_INLINE void bnn_dw3_channels(bnn_dw3_state_t *st, bnn_out_kind_t kind
         if (kind == BNN_OUT_TFLITE) {
             st->init[t] = output->bias != NULL ? output->bias[oc + t] : 0;
             bnn_tflite_fast_words(output->q_mult[oc + t], output->q_shift[oc + t],
-                                  output->out_zero_point, ch);
+                                  output->out_zero_point, st->init[t], ch);
         } else {
             st->init[t] = 0;
             bnn_affine_fast_words(output->a_mult[oc + t], output->a_offset[oc + t],

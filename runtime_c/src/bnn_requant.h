@@ -444,44 +444,51 @@ static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t 
     }
 }
 
-/* The usual TFLite channel in 9 instructions (Cortex-M7, optimized builds): two roundings,
- * mult > 0, shift <= -2 (a right shift e = -shift >= 2, no left shift) and the full int8
- * range (act_min -128, act_max 127): bnn_tflite_fast_ok. Then, for x = acc + bias,
+/* The usual TFLite channel in 8 instructions (Cortex-M7, optimized builds): two roundings,
+ * mult > 0, a right shift e = -shift with 2 <= e <= 24 (no left shift), zp within int8 and the
+ * full int8 range (act_min -128, act_max 127): bnn_tflite_fast_ok. Then, for x = acc + bias,
  *   RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, mult), e) + zp, clamped
  * is computed from one 64-bit sum. With p = x * mult and h = floor((p + 2^30) / 2^31) (the
  * high multiply; mult > 0 never saturates), RoundingDivideByPOT(h, e) = floor((h + 2^(e-1) -
  * [h < 0]) / 2^e) (half away from zero), and [h < 0] may be replaced by s = [p < 0] = [x < 0]:
- * they differ only when -2^30 <= p < 0, where h = 0 and both give 0. Folding the inner floor,
- *   result = floor((p + 2^30 + 2^(30+e) - s * 2^31) / 2^(31+e)),
- * the high word of a 64-bit sum (|sum| < 2^63) shifted right by e - 1: SMLAL onto
- * K = 2^30 + 2^(30+e) (low word 2^30, high word khi = 2^(e-2)), then s * 2^31 taken off with
- * the sign of x (ASR #31: -1 or 0, which is the 64-bit -2^31 shifted), the ASR by e - 1,
- * and the clamp: QADD of zp saturates, then SSAT to 8 bits (exact: a saturated sum lies far
- * outside int8 either way). */
-BNN_ALWAYS_INLINE int bnn_tflite_fast_ok(int32_t mult, int32_t shift)
+ * they differ only when -2^30 <= p < 0, where h = 0 and both give 0. Folding the inner floor
+ * and the zero point (a multiple of the divisor),
+ *   result + zp = floor((p + 2^30 + 2^(30+e) + zp * 2^(31+e) - s * 2^31) / 2^(31+e)),
+ * the high word of a 64-bit sum shifted right by e - 1: SMLAL onto K = 2^30 + (2 zp + 1) *
+ * 2^(30+e) (low word 2^30, high word k = (2 zp + 1) * 2^(e-2)), then s * 2^31 taken off with
+ * the sign of x (ASR #31: -1 or 0, which is the 64-bit -2^31 shifted), the ASR by e - 1, and
+ * the clamp by SSAT to 8 bits. The sum cannot overflow: |p| < 2^62 and |2 zp + 1| <= 255, so
+ * |sum| < 2^62 + 255 * 2^(30+e) + 2^31 < 2^63 for e <= 24. (A larger e, a real multiplier
+ * under 2^-24, takes the other stores.) */
+BNN_ALWAYS_INLINE int bnn_tflite_fast_ok(int32_t mult, int32_t shift, int32_t zp)
 {
-    return mult > 0 && shift <= -2;
+    return mult > 0 && shift <= -2 && shift >= -24 && zp >= BNN_INT8_MIN && zp <= BNN_INT8_MAX;
+}
+
+/* bnn_tflite_fast's k: the high word of its constant, (2 zp + 1) * 2^(e-2) for e = -shift
+ * (within int32 for a channel bnn_tflite_fast_ok accepts). */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_fast_k(int32_t shift, int32_t zp)
+{
+    return (2 * zp + 1) * ((int32_t)1 << (-shift - 2));
 }
 
 #if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
 #define BNN_TFLITE_FAST 1
-/* x = acc + bias (wrapped), khi = 2^(e-2), em1 = e - 1, for a channel bnn_tflite_fast_ok
- * accepts in a kernel with q_single_rounding 0 and the full int8 range. */
-BNN_ALWAYS_INLINE int32_t bnn_tflite_fast(int32_t x, int32_t mult, int32_t khi, int32_t em1,
-                                          int32_t zp)
+/* x = acc + bias (wrapped), k = bnn_tflite_fast_k, em1 = e - 1, for a channel
+ * bnn_tflite_fast_ok accepts in a kernel with q_single_rounding 0 and the full int8 range. */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_fast(int32_t x, int32_t mult, int32_t k, int32_t em1)
 {
     int32_t lo, hi;
     __asm__("mov   %[lo], #0x40000000\n\t"
-            "mov   %[hi], %[khi]\n\t"
+            "mov   %[hi], %[k]\n\t"
             "smlal %[lo], %[hi], %[x], %[m]\n\t"
             "asr   %[x], %[x], #31\n\t"
             "adds  %[lo], %[lo], %[x], lsl #31\n\t"
             "adc   %[hi], %[hi], %[x]\n\t"
             "asr   %[hi], %[hi], %[e]\n\t"
-            "qadd  %[hi], %[hi], %[zp]\n\t"
             "ssat  %[hi], #8, %[hi]\n\t"
             : [lo] "=&r"(lo), [hi] "=&r"(hi), [x] "+r"(x)
-            : [m] "r"(mult), [khi] "r"(khi), [e] "r"(em1), [zp] "r"(zp)
+            : [m] "r"(mult), [k] "r"(k), [e] "r"(em1)
             : "cc");
     return hi;
 }
@@ -489,21 +496,20 @@ BNN_ALWAYS_INLINE int32_t bnn_tflite_fast(int32_t x, int32_t mult, int32_t khi, 
 /* One step of bnn_tflite_fast4: the store of x at [addr] (lo, hi: scratch). */
 #define BNN_TFLITE_FAST_STEP(x, addr)                                                          \
     "mov   %[lo], #0x40000000\n\t"                                                             \
-    "mov   %[hi], %[khi]\n\t"                                                                  \
+    "mov   %[hi], %[k]\n\t"                                                                    \
     "smlal %[lo], %[hi], %[" x "], %[m]\n\t"                                                   \
     "asr   %[" x "], %[" x "], #31\n\t"                                                         \
     "adds  %[lo], %[lo], %[" x "], lsl #31\n\t"                                                \
     "adc   %[hi], %[hi], %[" x "]\n\t"                                                         \
     "asr   %[hi], %[hi], %[e]\n\t"                                                             \
-    "qadd  %[hi], %[hi], %[zp]\n\t"                                                            \
     "ssat  %[hi], #8, %[hi]\n\t"                                                               \
     "strb  %[hi], " addr "\n\t"
 
 /* bnn_tflite_fast of one channel's 4 sums (x = acc + bias each), stored at y[0], y[oc],
- * y[2 oc] and y[3 oc]; then y moves on by one (the next channel). 43 instructions. */
+ * y[2 oc] and y[3 oc]; then y moves on by one (the next channel). 39 instructions. */
 BNN_ALWAYS_INLINE int8_t *bnn_tflite_fast4(int8_t *y, int32_t oc, int32_t a0, int32_t a1,
-                                           int32_t a2, int32_t a3, int32_t mult, int32_t khi,
-                                           int32_t em1, int32_t zp)
+                                           int32_t a2, int32_t a3, int32_t mult, int32_t k,
+                                           int32_t em1)
 {
     int32_t lo, hi;
     /* volatile: its effect is the stores (its register outputs may all go unused) */
@@ -516,7 +522,7 @@ BNN_ALWAYS_INLINE int8_t *bnn_tflite_fast4(int8_t *y, int32_t oc, int32_t a0, in
             "add   %[y], %[y], #1\n\t"
             : [lo] "=&r"(lo), [hi] "=&r"(hi), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2),
               [a3] "+r"(a3), [y] "+r"(y)
-            : [m] "r"(mult), [khi] "r"(khi), [e] "r"(em1), [zp] "r"(zp), [oc] "r"(oc)
+            : [m] "r"(mult), [k] "r"(k), [e] "r"(em1), [oc] "r"(oc)
             : "cc", "memory");
     return y;
 }
@@ -536,7 +542,7 @@ typedef struct {
     int32_t zp, shift;    /* out_zero_point; the shift as given */
     int32_t single;       /* output->q_single_rounding */
     int32_t plain;        /* 1: the C arithmetic (single rounding, or mult = INT32_MIN) */
-    int32_t khi, em1;     /* bnn_tflite_fast's constants: 2^(e-2) and e - 1 (e = right) */
+    int32_t k, em1;       /* bnn_tflite_fast's constants: bnn_tflite_fast_k, e - 1 (e = right) */
     int32_t fast;         /* 1: bnn_tflite_fast applies (bnn_tflite_fast_ok, full range) */
 } bnn_tflite_ch_t;
 
@@ -556,9 +562,9 @@ BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int3
     c.hi = output->act_max - c.zp;
     c.single = output->q_single_rounding != 0;
     c.plain = c.single || mult == INT32_MIN;
-    c.fast = !c.single && bnn_tflite_fast_ok(mult, shift) && output->act_min == BNN_INT8_MIN &&
-             output->act_max == BNN_INT8_MAX;
-    c.khi = c.fast ? (int32_t)1 << (c.right - 2) : 0;
+    c.fast = !c.single && bnn_tflite_fast_ok(mult, shift, c.zp) &&
+             output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
+    c.k = c.fast ? bnn_tflite_fast_k(shift, c.zp) : 0;
     c.em1 = c.right - 1;
     return c;
 }
@@ -578,7 +584,8 @@ BNN_ALWAYS_INLINE int bnn_fast_stores_ok(bnn_out_kind_t kind, const bnn_output_t
             return 0;
         }
         for (o = 0; o < out_c; ++o) {
-            if (!bnn_tflite_fast_ok(output->q_mult[o], output->q_shift[o])) {
+            if (!bnn_tflite_fast_ok(output->q_mult[o], output->q_shift[o],
+                                    output->out_zero_point)) {
                 return 0;
             }
         }
@@ -596,16 +603,16 @@ BNN_ALWAYS_INLINE int bnn_fast_stores_ok(bnn_out_kind_t kind, const bnn_output_t
 }
 
 /* The 4 words of a channel's fast stores in the order the kernels' assembly loads them (one LDM
- * into r4, r5, r6, r8). TFLite (bnn_tflite_fast; shift <= -2, e = -shift): mult, e - 1,
- * 2^(e-2), zp. Affine (bnn_affine_fast; shift >= 32): mult, the offset's low and high words,
- * shift - 32. */
-BNN_ALWAYS_INLINE void bnn_tflite_fast_words(int32_t mult, int32_t shift, int32_t zp, int32_t *c)
+ * into r4, r5, r6, r8). TFLite (bnn_tflite_fast, e = -shift): mult, e - 1, bnn_tflite_fast_k
+ * and the bias (which the kernels add into the sums before the store). Affine
+ * (bnn_affine_fast; shift >= 32): mult, the offset's low and high words, shift - 32. */
+BNN_ALWAYS_INLINE void bnn_tflite_fast_words(int32_t mult, int32_t shift, int32_t zp,
+                                             int32_t bias, int32_t *c)
 {
-    const int32_t e = -shift;
     c[0] = mult;
-    c[1] = e - 1;
-    c[2] = (int32_t)1 << (e - 2);
-    c[3] = zp;
+    c[1] = -shift - 1;
+    c[2] = bnn_tflite_fast_k(shift, zp);
+    c[3] = bias;
 }
 BNN_ALWAYS_INLINE void bnn_affine_fast_words(int32_t mult, int64_t offset, int32_t shift,
                                              int32_t *c)
@@ -627,7 +634,7 @@ BNN_ALWAYS_INLINE int32_t bnn_tflite_ch_out(int32_t acc, const bnn_tflite_ch_t *
 #if BNN_TFLITE_FAST
     if (c->fast) {
         return bnn_tflite_fast(bnn_s32_from_u32((uint32_t)acc + (uint32_t)c->bias), c->mult,
-                               c->khi, c->em1, c->zp);
+                               c->k, c->em1);
     }
 #endif
 #if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
@@ -740,9 +747,10 @@ BNN_ALWAYS_INLINE int32_t bnn_int8_out(bnn_out_kind_t kind, const bnn_output_t *
         const int32_t c = output->bias != NULL ? output->bias[o] : 0;
         const int32_t q = output->q_mult[o], s = output->q_shift[o];
 #if BNN_TFLITE_FAST
-        if (full && !output->q_single_rounding && bnn_tflite_fast_ok(q, s)) {
+        if (full && !output->q_single_rounding &&
+            bnn_tflite_fast_ok(q, s, output->out_zero_point)) {
             return bnn_tflite_fast(bnn_s32_from_u32((uint32_t)acc + (uint32_t)c), q,
-                                   (int32_t)1 << (-s - 2), -s - 1, output->out_zero_point);
+                                   bnn_tflite_fast_k(s, output->out_zero_point), -s - 1);
         }
 #endif
         return bnn_tflite_out(acc, c, q, s, output);
