@@ -154,6 +154,20 @@ class _Emitter:
                 return self.tensor_expr(name, ctype)
             offset = self.weights.add(value, f"{op.name}/arg{index}")
             return f"((const {ctype} *)(w + {offset}))"
+        if isinstance(value, Struct) and value.fields.get("buf") is not None:
+            # a bnn_context_t with the kernel's scratch: its planned buffer in the arena, live
+            # during this op only
+            entry = self.plan.entry(f"scratch:{op.name}")
+            if entry.size != int(value.fields["size"]):
+                raise BnnError(
+                    f"generate: op {op.name!r}: scratch planned {entry.size} B, "
+                    f"the kernel asks for {int(value.fields['size'])} B"
+                )
+            var = f"s{layer}_{index}"
+            structs.append(
+                f"        const bnn_context_t {var} = {{act + {int(entry.offset)}, {entry.size}}};"
+            )
+            return f"&{var}"
         if isinstance(value, Struct):
             var = f"s{layer}_{index}"
             structs.append(self._struct(var, value, op))
@@ -346,7 +360,7 @@ def generate_code(graph: Graph, options: GenerateOptions, model_path: str = "") 
     """All generated files for ``graph`` as texts (nothing written yet)."""
     from bnncube.converters.passes import fuse_residual_adds
     from bnncube.planner import plan_graph, schedule_for_arena
-    from bnncube.validation.kernel_calls import UnsupportedOp, kernel_call
+    from bnncube.validation.kernel_calls import UnsupportedOp, graph_scratch, kernel_call
 
     if options.input_data_type or options.output_data_type:
         graph = set_io_types(graph, options.input_data_type, options.output_data_type)
@@ -362,14 +376,14 @@ def generate_code(graph: Graph, options: GenerateOptions, model_path: str = "") 
         "outputs_allocation": options.outputs_allocation,
     }
     graph = schedule_for_arena(graph, strategy, **arena)
-    plan = plan_graph(graph, strategy, **arena)
+    plan = plan_graph(graph, strategy, scratch=graph_scratch(graph), **arena)
     if options.optimization != "time":
         # residual Adds computed by the binary convolutions before them (bit for bit the same,
         # about 1% more instructions), kept only where the arena gets smaller
         fused = fuse_residual_adds(graph)
         if fused is not graph:
             fused = schedule_for_arena(fused, strategy, **arena)
-            fused_plan = plan_graph(fused, strategy, **arena)
+            fused_plan = plan_graph(fused, strategy, scratch=graph_scratch(fused), **arena)
             if fused_plan.size < plan.size:
                 graph, plan = fused, fused_plan
     io = {graph.inputs[0]: "net->in_data", graph.outputs[0]: "net->out_data"}

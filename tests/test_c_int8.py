@@ -54,7 +54,7 @@ from bnncube.runtime_c.cabi import (
     Struct,
     dims,
 )
-from bnncube.validation.kernel_calls import rounding_ready
+from bnncube.validation.kernel_calls import conv2d_scratch_bytes, rounding_ready
 
 SANITIZE_ENV = "BNN_C_SANITIZE"  # "1": build the library with ASan + UBSan
 SENTINEL = 0x5A  # byte value output buffers start with
@@ -455,11 +455,11 @@ CONV_CASES: list[tuple[Geo, int, int, int]] = [
     (Geo(7, 7, 1, 1, stride=(2, 2)), 24, 16, 3),  # pointwise, stride 2, odd input
     (Geo(3, 5, 1, 1), 7, 5, -3),  # pointwise, odd channel counts, C < 8
     (Geo(3, 3, 1, 1), 128, 13, 99),  # pointwise expanded path: odd pixels and channels
-    (Geo(2, 3, 1, 1), 260, 6, -77),  # pointwise, 256 < C <= 512: pairs, the 2 KB buffer
-    (Geo(2, 3, 1, 1), 516, 5, 33),  # pointwise, C > 512: the path without the buffer
+    (Geo(2, 3, 1, 1), 260, 6, -77),  # pointwise, C > 256: without scratch, int8 pairs
+    (Geo(2, 3, 1, 1), 516, 5, 33),  # pointwise, C > 512
     (Geo(2, 5, 1, 1), 12, 9, 17),  # 4-pixel blocks, then a pair; an odd number of groups
     (Geo(1, 7, 1, 1), 4, 3, -5),  # one 4-pixel block of a single group, then 3 pixels
-    (Geo(3, 3, 1, 1), 136, 5, 8),  # 128 < C <= 256: 4-pixel blocks in the 2 KB buffer
+    (Geo(3, 3, 1, 1), 136, 5, 8),  # 128 < C <= 256: without scratch, pairs in the 1 KB buffer
     (Geo(6, 6, 1, 1, stride=(2, 2)), 40, 2, -128),  # strided 4-pixel blocks across rows
     (Geo(7, 7, 3, 3, stride=(2, 2), padding="same"), 3, 16, -128),  # stem: odd input, stride 2
     (Geo(6, 6, 3, 3, stride=(2, 2), padding="same"), 3, 16, 0),  # same, asymmetric (0, 1)
@@ -493,11 +493,18 @@ def _conv_and_check(
     **options: Any,
 ) -> None:
     """bnn_conv2d_s8 on x and w into a sentinel-filled output: BNN_OK and the reference's
-    values; options go to backend.call."""
+    values; ``scratch``: that many bytes of scratch in the context (else none), the other
+    options go to backend.call."""
     out = _sentinel(expected.shape, np.float32 if mac.kind == "float" else np.int8)
+    scratch = int(options.pop("scratch", 0))
+    ctx = (
+        Struct("bnn_context_t", buf=np.zeros(scratch, np.uint8), size=scratch)
+        if scratch
+        else _ctx()
+    )
     status = backend.call(
         "bnn_conv2d_s8",
-        _ctx(),
+        ctx,
         geo.params(zp_in),
         mac.struct,
         dims(*x.shape),
@@ -526,8 +533,62 @@ def test_conv2d(backend: Any, case: tuple[Geo, int, int, int], kind: str) -> Non
     scratch = backend.int_function(
         "bnn_conv2d_s8_scratch_size", dims(*x.shape), dims(*w.shape), dims(1, oh, ow, o)
     )
-    assert scratch == 0
-    _conv_and_check(backend, geo, zp_in, mac, x, w, expected)
+    assert scratch == conv2d_scratch_bytes(x.shape, w.shape)
+    assert scratch == (8 * c if geo.kh == geo.kw == 1 and c % 4 == 0 and c > 128 else 0)
+    _conv_and_check(backend, geo, zp_in, mac, x, w, expected)  # no scratch
+    if scratch > 0:
+        _conv_and_check(backend, geo, zp_in, mac, x, w, expected, scratch=scratch)
+
+
+# Deep pointwise layers (C > 128), which take the M7's 4-pixel blocks in the scratch they ask
+# for: (geometry, channels, outputs, input zero point)
+PW_SCRATCH_CASES: list[tuple[Geo, int, int, int]] = [
+    (Geo(6, 6, 1, 1), 288, 48, 9),  # MobileNetV2's block_11 project
+    (Geo(3, 3, 1, 1), 480, 80, -128),  # block_14: two blocks of 4, then one pixel
+    (Geo(5, 3, 1, 1, stride=(2, 2)), 132, 7, 127),  # strided, the shallowest that asks
+    (Geo(2, 5, 1, 1), 516, 33, -40),  # deeper than the old 2 KB buffer took
+]
+
+
+@pytest.mark.parametrize("given", ["exact", "larger", "short", "none"])
+@pytest.mark.parametrize("kind", TRANSFORMS)
+@pytest.mark.parametrize("case", PW_SCRATCH_CASES, ids=_conv_id)
+def test_conv2d_pointwise_scratch(
+    backend: Any, case: tuple[Geo, int, int, int], kind: str, given: str
+) -> None:
+    """A deep pointwise layer with the scratch bnn_conv2d_s8_scratch_size asks for (8 * C
+    bytes), a larger one (the channels' constants then fit after the inputs), one 4 bytes
+    short, and none: the reference's values every time. On the M7 build the scratch path
+    (bnn_conv_dsp_scratch_*, Unicorn profile) must run exactly when the scratch is enough."""
+    geo, c, o, zp_in = case
+    variant = PW_SCRATCH_CASES.index(case)
+    rng = np.random.default_rng([41, variant, TRANSFORMS.index(kind)])
+    x = _int8(rng, (1, geo.h, geo.w, c))
+    w = _int8(rng, (o, 1, 1, c))
+    oh, ow = geo.out_hw()
+    mac = _mac_output(kind, rng, o, c, variant)
+    expected = _mac_case("Conv2D", x, zp_in, w, 0, (1, oh, ow, o), mac, geo.attrs())
+    need = backend.int_function(
+        "bnn_conv2d_s8_scratch_size", dims(*x.shape), dims(*w.shape), dims(1, oh, ow, o)
+    )
+    assert need == 8 * c == conv2d_scratch_bytes(x.shape, w.shape)
+    size = {"exact": need, "larger": need + 16 * o, "short": need - 4, "none": 0}[given]
+    fn = f"bnn_conv_dsp_scratch_{kind}"
+    profiled = fn in getattr(getattr(backend, "image", None), "functions", {})
+    options: dict[str, Any] = {"scratch": size} if size else {}
+    _conv_and_check(
+        backend,
+        geo,
+        zp_in,
+        mac,
+        x,
+        w,
+        expected,
+        **options,
+        **({"profile": True} if profiled else {}),
+    )
+    if profiled:
+        assert (backend.last_profile.get(fn, 0) > 0) == (given in ("exact", "larger"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,10 +720,13 @@ X4_CASES: list[tuple[Geo, int, int, int]] = [
     (Geo(5, 4, 5, 5, padding="same"), 4, 3, 0),  # patch: 100 taps, the largest
     (Geo(3, 4, 1, 1), 8, 100, 5),  # pointwise: the constants' table in chunks of 48 or 60
     (Geo(2, 3, 1, 1), 96, 40, -7),  # pointwise: chunks would cost more than they save
+    (Geo(2, 4, 1, 1), 32, 11, 3),  # 8 groups: the whole unrolled MAC sequence
+    (Geo(2, 4, 1, 1), 36, 10, -9),  # 9 groups: the loop again
 ]
 # Whether the M7 reads the channels' constants from a table (bnn_x4_tab_*: it fits in the
-# 1 KB buffer after the expanded inputs, in one chunk or in chunks that pay) for X4_CASES.
-X4_TABLE = [True, True, True, True, True, True, False, True, False]
+# 1 KB buffer after the expanded inputs, in one chunk or in chunks that pay) for X4_CASES; with
+# at most 8 groups of 4 taps, by the unrolled bnn_x4_tab8_*.
+X4_TABLE = [True, True, True, True, True, True, False, True, False, True, True]
 
 
 def _x4_affine_output(rng: np.random.Generator, w: np.ndarray) -> MacOutput:
@@ -716,13 +780,15 @@ def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind:
     expected = _mac_case("Conv2D", x, zp_in, w, 0, (1, oh, ow, o), mac, geo.attrs())
     inside = (expected > -128) & (expected < 127)
     assert np.sum(inside) >= 8 and len(np.unique(expected[inside])) >= 4, "all clamped"
-    table = f"bnn_x4_tab_{kind}"
+    table, table8 = f"bnn_x4_tab_{kind}", f"bnn_x4_tab8_{kind}"
     profiled = table in getattr(getattr(backend, "image", None), "functions", {})
     _conv_and_check(
         backend, geo, zp_in, mac, x, w, expected, **({"profile": True} if profiled else {})
     )
     if profiled:
-        assert (backend.last_profile.get(table, 0) > 0) == X4_TABLE[variant]
+        unrolled = -(-geo.kh * geo.kw * c // 4) <= 8  # groups of 4 taps
+        ran = [backend.last_profile.get(f, 0) > 0 for f in (table, table8)]
+        assert ran == [X4_TABLE[variant] and not unrolled, X4_TABLE[variant] and unrolled]
 
 
 # 3x3 depthwise geometries for the M7's assembly loop, which reads a window one row or column

@@ -51,6 +51,36 @@ class UnsupportedOp(ValueError):
     """An IR op the C runtime has no kernel for."""
 
 
+#: runtime_c/src/bnn_conv2d_s8.c BNN_PW_SCRATCH_C: pointwise layers deeper than this take their
+#: expanded inputs from the scratch
+PW_SCRATCH_C = 128
+
+
+def conv2d_scratch_bytes(in_shape: tuple[int, ...], filter_shape: tuple[int, ...]) -> int:
+    """``bnn_conv2d_s8_scratch_size`` for an NHWC input and an OHWI filter: 8 * C bytes for a
+    1x1 filter with C a multiple of 4 above :data:`PW_SCRATCH_C`, else 0 (a test holds the two
+    equal)."""
+    c, kh, kw = int(in_shape[3]), int(filter_shape[1]), int(filter_shape[2])
+    if kh == 1 and kw == 1 and c % 4 == 0 and PW_SCRATCH_C < c <= (2**31 - 1) // 8:
+        return 8 * c
+    return 0
+
+
+def op_scratch_bytes(graph: Graph, op: Op) -> int:
+    """The scratch bytes the kernel of ``op`` asks for (0: none)."""
+    if op.type == "Conv2D" and graph.tensors[op.inputs[0]].dtype in ("int8", "uint8"):
+        return conv2d_scratch_bytes(
+            graph.tensors[op.inputs[0]].shape, graph.tensors[op.inputs[1]].shape
+        )
+    return 0
+
+
+def graph_scratch(graph: Graph) -> dict[str, int]:
+    """Per op name, the scratch bytes its kernel asks for (the ops that ask for some), for the
+    memory planner (``plan_graph(scratch=...)``)."""
+    return {op.name: n for op in graph.ops if (n := op_scratch_bytes(graph, op)) > 0}
+
+
 @dataclass
 class KernelCall:
     """One C call: ``function(*args)``, writing ``output`` (an array among ``args``)."""
@@ -275,6 +305,9 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
                 f"output {out_t.shape}"
             )
         fn = "bnn_conv2d_s8" if op.type == "Conv2D" else "bnn_depthwise_conv2d_s8"
+        scratch = op_scratch_bytes(graph, op)
+        if scratch > 0:  # the generated code passes its planned buffer in the arena instead
+            ctx = Struct("bnn_context_t", buf=np.zeros(scratch, np.uint8), size=scratch)
         output = output_struct(graph, op)
         # the entry point of this output transform only (the linker drops the others)
         fn += _KIND_SUFFIX[int(output.fields["kind"])]

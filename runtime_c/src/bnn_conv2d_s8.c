@@ -18,13 +18,19 @@
  *
  * Arguments: in_dims [1, H, W, C], filter_dims [O, KH, KW, C], out_dims [1, OH, OW, O]; the
  * output dims must be those of the geometry for some padding after the input (see
- * bnn_window_ok); ctx may be NULL (no scratch is used). Anything else: BNN_ERROR_ARGUMENT,
- * with nothing written.
+ * bnn_window_ok). Anything else: BNN_ERROR_ARGUMENT, with nothing written.
+ *
+ * Scratch: ctx may be NULL. bnn_conv2d_s8_scratch_size asks for 8 * C bytes for a 1x1 filter
+ * with C a multiple of 4 above BNN_PW_SCRATCH_C (128): a pointwise layer that deep takes the
+ * 4-pixel blocks below in that buffer (ctx->buf, 4-byte aligned, ctx->size >= 8 * C). Without
+ * it (ctx NULL, or a smaller or unaligned buffer) the result is the same, by a slower path.
  *
  * Cortex-M7 (__ARM_FEATURE_DSP, unless BNN_FORCE_PLAIN_C), fastest applicable path first, in
- * functions of their own per output transform with a stack buffer for the expanded inputs
- * (bnn_conv_dsp_*: 1 KB; bnn_conv_dsp_big_*: 2 KB, only for pointwise layers deeper than 128):
- *  - pointwise (1x1, no padding), C a multiple of 4: blocks of 4 pixels (C <= 256; inputs
+ * functions of their own per output transform with a buffer for the expanded inputs
+ * (bnn_conv_dsp_*: 1 KB on the stack; bnn_conv_dsp_scratch_*: the scratch, for the deep
+ * pointwise layers):
+ *  - pointwise (1x1, no padding), C a multiple of 4: blocks of 4 pixels (C <= 128, or any C
+ *    with the scratch; inputs
  *    expanded once to int16 pairs, then per output channel an assembly loop of LDMs and SMLADs
  *    and the 4 outputs stored with the channel's constants read once, bnn_conv_x4_channels;
  *    the whole channel loop in assembly, bnn_x4_asm, when every channel takes a fast store;
@@ -46,13 +52,19 @@
 #include "bnn_kernels.h"
 #include "bnn_requant.h"
 
+/* Pointwise layers deeper than this take their expanded inputs from the scratch (8 * C bytes:
+ * 4 pixels of C int16 values); the others fit the 1 KB stack buffer (BNN_PW_XBUF words). */
+#define BNN_PW_SCRATCH_C 128
+
 int32_t bnn_conv2d_s8_scratch_size(const bnn_dims_t *in_dims, const bnn_dims_t *filter_dims,
                                    const bnn_dims_t *out_dims)
 {
-    (void)in_dims;
-    (void)filter_dims;
     (void)out_dims;
-    return 0;
+    if (in_dims == NULL || filter_dims == NULL || filter_dims->h != 1 || filter_dims->w != 1 ||
+        in_dims->c % 4 != 0 || in_dims->c <= BNN_PW_SCRATCH_C || in_dims->c > INT32_MAX / 8) {
+        return 0;
+    }
+    return 8 * in_dims->c;
 }
 
 #if BNN_USE_DSP
@@ -189,7 +201,14 @@ typedef struct {
     const void *c2;    /* 36: TFLite q_shift (int32), affine a_shift (int8) */
     int32_t zp2p1;     /* 40: TFLite 2 * out_zero_point + 1 (bnn_tflite_fast_k's factor) */
     const int32_t *tab; /* 44: bnn_x4_tab_*: the current channel's constants (bnn_x4_table) */
+    uintptr_t entry;   /* 48: bnn_x4_tab8_*: where the unrolled MACs start (BNN_X4A_MACS8) */
 } bnn_x4_state_t;
+/* the offsets above are the assembly's: a build where they differ fails here */
+typedef char bnn_x4_state_layout_ok[(offsetof(bnn_x4_state_t, zp2p1) == 40 &&
+                                     offsetof(bnn_x4_state_t, tab) == 44 &&
+                                     offsetof(bnn_x4_state_t, entry) == 48)
+                                        ? 1
+                                        : -1];
 
 #if BNN_TFLITE_FAST && BNN_AFFINE_FAST && defined(__GNUC__)
 #define BNN_X4_ASM 1
@@ -216,6 +235,7 @@ typedef struct {
  * one. */
 #define BNN_X4A_MACS                                                                           \
     "ldr     r10, [lr, #0]\n\t"                                                                 \
+    "ldr     r12, [lr, #4]\n\t"                                                                 \
     "cmp     r10, r12\n\t"                                                                      \
     "bhi     2f\n"                                                                              \
     "1:\n\t" BNN_X4A_GROUP BNN_X4A_GROUP                                                        \
@@ -271,14 +291,13 @@ typedef struct {
     "cmp     r9, r7\n\t"                                                                        \
     "bne     10b\n\t"
 
-/* The loop's start: r7 saved, the state in lr, the weights in r11; per channel (label 10) the
- * two-group bound in r12. */
+/* The loop's start: r7 saved, the state in lr, the weights in r11; then per channel (label
+ * 10). */
 #define BNN_X4A_ENTER                                                                          \
     "push    {r7}\n\t"                                                                          \
     "mov     lr, r12\n\t"                                                                        \
     "ldr     r11, [lr, #8]\n"                                                                    \
-    "10:\n\t"                                                                                    \
-    "ldr     r12, [lr, #4]\n\t"
+    "10:\n\t"
 #define BNN_X4A_CLOBBERS                                                                       \
     "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r8", "r9", "r10", "r11", "lr", "cc", "memory"
 
@@ -286,51 +305,86 @@ typedef struct {
  * bnn_affine_fast_words. */
 #define BNN_X4_TAB_WORDS 4
 
+/* The most groups of 4 input channels the unrolled MACs of bnn_x4_tab8_* take. */
+#define BNN_X4_UNROLL 8
+/* A channel's sums, unrolled: BNN_X4_UNROLL groups, entered at the first of the last `groups`
+ * of them (the address st->entry, 52 bytes per group: every instruction is 32 bits wide,
+ * which the assembler checks), from x = xb (r10). */
+#define BNN_X4A_MACS8                                                                          \
+    "ldr     r10, [lr, #0]\n\t"                                                                 \
+    "ldr     pc, [lr, #48]\n"                                                                    \
+    "21:\n\t" BNN_X4A_GROUP BNN_X4A_GROUP BNN_X4A_GROUP BNN_X4A_GROUP BNN_X4A_GROUP             \
+    BNN_X4A_GROUP BNN_X4A_GROUP BNN_X4A_GROUP                                                  \
+    "20:\n\t"                                                                                    \
+    ".if 20b - 21b != 52 * 8\n\t"                                                               \
+    ".error \"bnn_x4_tab8: a group is not 52 bytes\"\n\t"                                       \
+    ".endif\n\t"
+/* bnn_x4_tab8_*'s start: st->entry = 20f - 52 * groups (groups from xlim - xb = 32 * groups -
+ * 64), with the Thumb bit, for LDR PC. */
+#define BNN_X4A_ENTRY8                                                                         \
+    "ldrd    r10, r12, [lr, #0]\n\t"                                                             \
+    "sub     r12, r12, r10\n\t"                                                                  \
+    "add     r12, r12, #64\n\t"                                                                  \
+    "add     r7, r12, r12, lsr #1\n\t"                                                           \
+    "add     r7, r7, r12, lsr #3\n\t"                                                            \
+    "adr     r9, 20f\n\t"                                                                        \
+    "sub     r9, r9, r7\n\t"                                                                     \
+    "orr     r9, r9, #1\n\t"                                                                     \
+    "str     r9, [lr, #48]\n"
+
+/* The channels' start: TFLite sums from the bias (the table's word 3), affine from 0. */
+#define BNN_X4A_TAB_INIT_TFLITE                                                                \
+    "ldr     r7, [lr, #44]\n\t"                                                                  \
+    "ldr     r0, [r7, #12]\n\t"                                                                  \
+    "mov     r1, r0\n\t"                                                                         \
+    "mov     r2, r0\n\t"                                                                         \
+    "mov     r3, r0\n\t"
+#define BNN_X4A_TAB_INIT_AFFINE                                                                \
+    "mov     r0, #0\n\t"                                                                         \
+    "mov     r1, #0\n\t"                                                                         \
+    "mov     r2, #0\n\t"                                                                         \
+    "mov     r3, #0\n\t"
+#define BNN_X4A_TAB_STORE_TFLITE                                                               \
+    BNN_X4A_STORE4(BNN_X4A_TFLITE_STEP("r0", "[r9]"), BNN_X4A_TFLITE_STEP("r1", "[r9, r10]"),  \
+                   BNN_X4A_TFLITE_STEP("r2", "[r0]"), BNN_X4A_TFLITE_STEP("r3", "[r0, r10]"))
+#define BNN_X4A_TAB_STORE_AFFINE                                                               \
+    BNN_X4A_STORE4(BNN_X4A_AFFINE_STEP("r0", "[r9]", "4"),                                     \
+                   BNN_X4A_AFFINE_STEP("r1", "[r9, r10]", "5"),                                \
+                   BNN_X4A_AFFINE_STEP("r2", "[r0]", "6"),                                     \
+                   BNN_X4A_AFFINE_STEP("r3", "[r0, r10]", "7"))
 /* bnn_x4_asm's loop with each channel's constants read from a table (st->tab, bnn_x4_table)
  * by one LDM instead of three arrays: 5 (TFLite) or 3 (affine) instructions per channel where
  * the arrays take 13 and 10. Naked functions (the state's address in r0, AAPCS): the assembly
- * saves and restores the registers it uses (36 bytes of stack). */
-__attribute__((naked)) static void bnn_x4_tab_tflite(bnn_x4_state_t *st BNN_X4_ASM_ARG)
-{
-    __asm__ volatile("push    {r4-r11, lr}\n\t"
-                     "mov     lr, r0\n\t"
-                     "ldr     r11, [lr, #8]\n"
-                     "10:\n\t"
-                     "ldr     r12, [lr, #4]\n\t"
-                     "ldr     r7, [lr, #44]\n\t"
-                     "ldr     r0, [r7, #12]\n\t" /* the bias */
-                     "mov     r1, r0\n\t"
-                     "mov     r2, r0\n\t"
-                     "mov     r3, r0\n\t" BNN_X4A_MACS
-                     "ldr     r7, [lr, #44]\n\t"
-                     "ldmia   r7!, {r4, r5, r6, r8}\n\t"
-                     "str     r7, [lr, #44]\n\t"
-                     BNN_X4A_STORE4(BNN_X4A_TFLITE_STEP("r0", "[r9]"),
-                                    BNN_X4A_TFLITE_STEP("r1", "[r9, r10]"),
-                                    BNN_X4A_TFLITE_STEP("r2", "[r0]"),
-                                    BNN_X4A_TFLITE_STEP("r3", "[r0, r10]"))
-                     "pop     {r4-r11, pc}\n\t");
-}
-__attribute__((naked)) static void bnn_x4_tab_affine(bnn_x4_state_t *st BNN_X4_ASM_ARG)
-{
-    __asm__ volatile("push    {r4-r11, lr}\n\t"
-                     "mov     lr, r0\n\t"
-                     "ldr     r11, [lr, #8]\n"
-                     "10:\n\t"
-                     "ldr     r12, [lr, #4]\n\t"
-                     "mov     r0, #0\n\t"
-                     "mov     r1, #0\n\t"
-                     "mov     r2, #0\n\t"
-                     "mov     r3, #0\n\t" BNN_X4A_MACS
-                     "ldr     r7, [lr, #44]\n\t"
-                     "ldmia   r7!, {r4, r5, r6, r8}\n\t"
-                     "str     r7, [lr, #44]\n\t"
-                     BNN_X4A_STORE4(BNN_X4A_AFFINE_STEP("r0", "[r9]", "4"),
-                                    BNN_X4A_AFFINE_STEP("r1", "[r9, r10]", "5"),
-                                    BNN_X4A_AFFINE_STEP("r2", "[r0]", "6"),
-                                    BNN_X4A_AFFINE_STEP("r3", "[r0, r10]", "7"))
-                     "pop     {r4-r11, pc}\n\t");
-}
+ * saves and restores the registers it uses (36 bytes of stack). bnn_x4_tab_*: the MACs in a
+ * loop; bnn_x4_tab8_*: for at most BNN_X4_UNROLL groups, unrolled (BNN_X4A_MACS8), which saves
+ * the loop's 7 to 13 instructions per channel. */
+#define BNN_X4A_TAB_FN(name, start, init, macs, store)                                         \
+    __attribute__((naked)) static void name(bnn_x4_state_t *st BNN_X4_ASM_ARG)                 \
+    {                                                                                          \
+        __asm__ volatile("push    {r4-r11, lr}\n\t"                                             \
+                         "mov     lr, r0\n\t" start                                             \
+                         "ldr     r11, [lr, #8]\n"                                               \
+                         "10:\n\t" init macs                                                    \
+                         "ldr     r7, [lr, #44]\n\t"                                            \
+                         "ldmia   r7!, {r4, r5, r6, r8}\n\t"                                    \
+                         "str     r7, [lr, #44]\n\t" store                                      \
+                         "pop     {r4-r11, pc}\n\t");                                           \
+    }
+BNN_X4A_TAB_FN(bnn_x4_tab_tflite, "", BNN_X4A_TAB_INIT_TFLITE, BNN_X4A_MACS,
+               BNN_X4A_TAB_STORE_TFLITE)
+BNN_X4A_TAB_FN(bnn_x4_tab_affine, "", BNN_X4A_TAB_INIT_AFFINE, BNN_X4A_MACS,
+               BNN_X4A_TAB_STORE_AFFINE)
+BNN_X4A_TAB_FN(bnn_x4_tab8_tflite, BNN_X4A_ENTRY8, BNN_X4A_TAB_INIT_TFLITE, BNN_X4A_MACS8,
+               BNN_X4A_TAB_STORE_TFLITE)
+BNN_X4A_TAB_FN(bnn_x4_tab8_affine, BNN_X4A_ENTRY8, BNN_X4A_TAB_INIT_AFFINE, BNN_X4A_MACS8,
+               BNN_X4A_TAB_STORE_AFFINE)
+#undef BNN_X4A_TAB_FN
+#undef BNN_X4A_MACS8
+#undef BNN_X4A_ENTRY8
+#undef BNN_X4A_TAB_INIT_TFLITE
+#undef BNN_X4A_TAB_INIT_AFFINE
+#undef BNN_X4A_TAB_STORE_TFLITE
+#undef BNN_X4A_TAB_STORE_AFFINE
 
 /* The constants of channels o_begin .. o_end - 1 for bnn_x4_tab_* into tab (BNN_X4_TAB_WORDS
  * words each), for a call whose every channel takes a fast store (bnn_fast_stores_ok). The
@@ -396,9 +450,9 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
     if (tab != NULL) { /* the constants from the table (its entry for o_begin) */
         st->tab = tab;
         if (kind == BNN_OUT_TFLITE) {
-            bnn_x4_tab_tflite(st);
+            (groups <= BNN_X4_UNROLL ? bnn_x4_tab8_tflite : bnn_x4_tab_tflite)(st);
         } else {
-            bnn_x4_tab_affine(st);
+            (groups <= BNN_X4_UNROLL ? bnn_x4_tab8_affine : bnn_x4_tab_affine)(st);
         }
         return;
     }
@@ -1050,11 +1104,6 @@ BNN_ALWAYS_INLINE int bnn_conv_dsp(bnn_out_kind_t kind, const bnn_conv_params_t 
                                    void *out, int32_t *xb, int32_t words, bnn_x4_state_t *st)
 {
     const int32_t taps = kh * kw * in_c; /* <= INT32_MAX: checked */
-    if (words > BNN_PW_XBUF) { /* the big buffer: deep pointwise layers only */
-        bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
-                           out, xb, words, st);
-        return 1;
-    }
     if (kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0) {
         if (in_c % 4 == 0 && in_c <= words) {
             bnn_conv_1x1x_body(kind, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,
@@ -1080,34 +1129,44 @@ BNN_ALWAYS_INLINE int bnn_conv_dsp(bnn_out_kind_t kind, const bnn_conv_params_t 
     return 0;
 }
 
-/* bnn_conv_dsp per output transform (so that the linker keeps the ones a network uses) and per
- * buffer: BNN_PW_XBUF words, or BNN_PW_BIG for pointwise layers deeper than BNN_PW_XBUF / 2
- * (their buffer is on the stack only while they run: networks without such layers never take
- * it). */
-#define BNN_PW_BIG 512
-#define BNN_CONV_DSP_FN(name, KIND, WORDS)                                                     \
+/* bnn_conv_dsp per output transform (so that the linker keeps the ones a network uses), with
+ * the 1 KB stack buffer (bnn_conv_dsp_*), and for the deep pointwise layers with the caller's
+ * scratch (bnn_conv_dsp_scratch_*: `words` > BNN_PW_XBUF words at xb). */
+#define BNN_CONV_DSP_FN(name, KIND)                                                            \
     BNN_NOINLINE int name(const bnn_conv_params_t *params, const bnn_output_t *output,         \
                           const int8_t *in, int32_t in_h, int32_t in_w, int32_t in_c,          \
                           const int8_t *filter, int32_t kh, int32_t kw, int32_t out_h,         \
                           int32_t out_w, int32_t out_c, void *out)                             \
     {                                                                                          \
-        int32_t xb[WORDS];                                                                     \
+        int32_t xb[BNN_PW_XBUF];                                                               \
         bnn_x4_state_t st;                                                                     \
         return bnn_conv_dsp(KIND, params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, \
-                            out_w, out_c, out, xb, WORDS, &st);                                \
+                            out_w, out_c, out, xb, BNN_PW_XBUF, &st);                          \
     }
-BNN_CONV_DSP_FN(bnn_conv_dsp_affine, BNN_OUT_AFFINE, BNN_PW_XBUF)
-BNN_CONV_DSP_FN(bnn_conv_dsp_tflite, BNN_OUT_TFLITE, BNN_PW_XBUF)
-BNN_CONV_DSP_FN(bnn_conv_dsp_float, BNN_OUT_FLOAT, BNN_PW_XBUF)
-BNN_CONV_DSP_FN(bnn_conv_dsp_big_affine, BNN_OUT_AFFINE, BNN_PW_BIG)
-BNN_CONV_DSP_FN(bnn_conv_dsp_big_tflite, BNN_OUT_TFLITE, BNN_PW_BIG)
-BNN_CONV_DSP_FN(bnn_conv_dsp_big_float, BNN_OUT_FLOAT, BNN_PW_BIG)
+#define BNN_CONV_SCRATCH_FN(name, KIND)                                                        \
+    BNN_NOINLINE void name(const bnn_conv_params_t *params, const bnn_output_t *output,        \
+                           const int8_t *in, int32_t in_w, int32_t in_c, const int8_t *filter, \
+                           int32_t out_h, int32_t out_w, int32_t out_c, void *out, int32_t *xb, \
+                           int32_t words)                                                      \
+    {                                                                                          \
+        bnn_x4_state_t st;                                                                     \
+        bnn_conv_1x1x_body(KIND, params, output, in, in_w, in_c, filter, out_h, out_w, out_c,  \
+                           out, xb, words, &st);                                               \
+    }
+BNN_CONV_DSP_FN(bnn_conv_dsp_affine, BNN_OUT_AFFINE)
+BNN_CONV_DSP_FN(bnn_conv_dsp_tflite, BNN_OUT_TFLITE)
+BNN_CONV_DSP_FN(bnn_conv_dsp_float, BNN_OUT_FLOAT)
+BNN_CONV_SCRATCH_FN(bnn_conv_dsp_scratch_affine, BNN_OUT_AFFINE)
+BNN_CONV_SCRATCH_FN(bnn_conv_dsp_scratch_tflite, BNN_OUT_TFLITE)
+BNN_CONV_SCRATCH_FN(bnn_conv_dsp_scratch_float, BNN_OUT_FLOAT)
 #undef BNN_CONV_DSP_FN
+#undef BNN_CONV_SCRATCH_FN
 #endif
 
 /* The whole kernel for one output transform `kind` (the argument checks, then the fastest
  * path for the geometry); output->kind must be `kind`. */
-BNN_ALWAYS_INLINE bnn_status_t conv2d_s8_kind(bnn_out_kind_t kind, const bnn_conv_params_t *params,
+BNN_ALWAYS_INLINE bnn_status_t conv2d_s8_kind(bnn_out_kind_t kind, const bnn_context_t *ctx,
+                                              const bnn_conv_params_t *params,
                                               const bnn_output_t *output,
                                               const bnn_dims_t *in_dims, const int8_t *in,
                                               const bnn_dims_t *filter_dims,
@@ -1146,21 +1205,39 @@ BNN_ALWAYS_INLINE bnn_status_t conv2d_s8_kind(bnn_out_kind_t kind, const bnn_con
         return BNN_ERROR_ARGUMENT;
     }
 
-#if BNN_USE_DSP
+#if !BNN_USE_DSP
+    (void)ctx; /* (the scratch serves the Cortex-M7 paths only) */
+#else
     {
-        /* pointwise, deeper than BNN_PW_XBUF / 2: the functions with the larger buffer */
-        const int big = kh == 1 && kw == 1 && params->pad_top == 0 && params->pad_left == 0 &&
-                        in_c % 4 == 0 && in_c > BNN_PW_XBUF / 2 && in_c <= BNN_PW_BIG;
+        /* pointwise, deeper than BNN_PW_SCRATCH_C, with the scratch it asks for: 4-pixel
+         * blocks in the scratch */
+        const int32_t need = bnn_conv2d_s8_scratch_size(in_dims, filter_dims, out_dims);
         int done;
+        if (need > 0 && params->pad_top == 0 && params->pad_left == 0 && ctx != NULL &&
+            ctx->buf != NULL && ((uintptr_t)ctx->buf & 3u) == 0 && ctx->size >= need) {
+            int32_t *const xb = (int32_t *)ctx->buf;
+            const int32_t words = ctx->size / 4;
+            if (kind == BNN_OUT_AFFINE) {
+                bnn_conv_dsp_scratch_affine(params, output, in, in_w, in_c, filter, out_h, out_w,
+                                            out_c, out, xb, words);
+            } else if (kind == BNN_OUT_TFLITE) {
+                bnn_conv_dsp_scratch_tflite(params, output, in, in_w, in_c, filter, out_h, out_w,
+                                            out_c, out, xb, words);
+            } else {
+                bnn_conv_dsp_scratch_float(params, output, in, in_w, in_c, filter, out_h, out_w,
+                                           out_c, out, xb, words);
+            }
+            return BNN_OK;
+        }
         if (kind == BNN_OUT_AFFINE) {
-            done = (big ? bnn_conv_dsp_big_affine : bnn_conv_dsp_affine)(
-                params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w, out_c, out);
+            done = bnn_conv_dsp_affine(params, output, in, in_h, in_w, in_c, filter, kh, kw,
+                                       out_h, out_w, out_c, out);
         } else if (kind == BNN_OUT_TFLITE) {
-            done = (big ? bnn_conv_dsp_big_tflite : bnn_conv_dsp_tflite)(
-                params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w, out_c, out);
+            done = bnn_conv_dsp_tflite(params, output, in, in_h, in_w, in_c, filter, kh, kw,
+                                       out_h, out_w, out_c, out);
         } else {
-            done = (big ? bnn_conv_dsp_big_float : bnn_conv_dsp_float)(
-                params, output, in, in_h, in_w, in_c, filter, kh, kw, out_h, out_w, out_c, out);
+            done = bnn_conv_dsp_float(params, output, in, in_h, in_w, in_c, filter, kh, kw,
+                                      out_h, out_w, out_c, out);
         }
         if (done) {
             return BNN_OK;
@@ -1202,9 +1279,8 @@ bnn_status_t bnn_conv2d_s8_affine(const bnn_context_t *ctx, const bnn_conv_param
                                   const int8_t *in, const bnn_dims_t *filter_dims,
                                   const int8_t *filter, const bnn_dims_t *out_dims, void *out)
 {
-    (void)ctx;
-    return conv2d_s8_kind(BNN_OUT_AFFINE, params, output, in_dims, in, filter_dims, filter,
-                          out_dims, out);
+    return conv2d_s8_kind(BNN_OUT_AFFINE, ctx, params, output, in_dims, in, filter_dims,
+                          filter, out_dims, out);
 }
 
 bnn_status_t bnn_conv2d_s8_tflite(const bnn_context_t *ctx, const bnn_conv_params_t *params,
@@ -1212,9 +1288,8 @@ bnn_status_t bnn_conv2d_s8_tflite(const bnn_context_t *ctx, const bnn_conv_param
                                   const int8_t *in, const bnn_dims_t *filter_dims,
                                   const int8_t *filter, const bnn_dims_t *out_dims, void *out)
 {
-    (void)ctx;
-    return conv2d_s8_kind(BNN_OUT_TFLITE, params, output, in_dims, in, filter_dims, filter,
-                          out_dims, out);
+    return conv2d_s8_kind(BNN_OUT_TFLITE, ctx, params, output, in_dims, in, filter_dims,
+                          filter, out_dims, out);
 }
 
 bnn_status_t bnn_conv2d_s8_float(const bnn_context_t *ctx, const bnn_conv_params_t *params,
@@ -1222,9 +1297,8 @@ bnn_status_t bnn_conv2d_s8_float(const bnn_context_t *ctx, const bnn_conv_params
                                  const int8_t *in, const bnn_dims_t *filter_dims,
                                  const int8_t *filter, const bnn_dims_t *out_dims, void *out)
 {
-    (void)ctx;
-    return conv2d_s8_kind(BNN_OUT_FLOAT, params, output, in_dims, in, filter_dims, filter,
-                          out_dims, out);
+    return conv2d_s8_kind(BNN_OUT_FLOAT, ctx, params, output, in_dims, in, filter_dims,
+                          filter, out_dims, out);
 }
 
 bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
