@@ -253,12 +253,13 @@ def _tflite_output(
     fast_only: bool = False,
 ) -> MacOutput:
     """``fast_only``: channels 2 and 4 (multiplier 0, a left shift) get the right shifts 2 and
-    3 instead (large multipliers, many saturated outputs), and channel 3 (shift -31) the right
-    shift 24, the largest the M7's fast store takes, so that every channel is one it takes
-    (bnn_tflite_fast_ok)."""
+    3 instead (large multipliers, many saturated outputs), channel 3 (shift -31) the right
+    shift 22, the largest the M7's fast store takes, and channels 5 and 6 the largest biases
+    it takes (|acc + bias| < 2^30 for every |acc| <= 128 * 255 * k_len), so that every channel
+    is one it takes (bnn_tflite_fast_ok, bnn_tflite_bias_ok)."""
     ws = _weight_scales(rng, 1 if per_tensor else channels, k_len)
     if fast_only:
-        for c, real in ((2, 0.2), (3, 0.6 * 2.0**-24), (4, 0.124)):
+        for c, real in ((2, 0.2), (3, 0.6 * 2.0**-22), (4, 0.124)):
             if c < channels:
                 ws[c] = _f32(real) * S_OUT / S_IN
     mults, shifts = [], []
@@ -276,10 +277,11 @@ def _tflite_output(
     out_quant = Quant.per_tensor(S_OUT, zp_out)
     lo, hi = activation_range(activation, out_quant)
     bias = rng.integers(-(2**12), 2**12, channels).astype(np.int32)
+    edge = 2**30 - 1 - 128 * 255 * k_len  # the largest |bias| of the fast store
     if channels > 5:  # near the int32 limits: acc + bias wraps like int32 (as the reference)
-        bias[5] = 2**31 - 7
+        bias[5] = edge if fast_only else 2**31 - 7
     if channels > 6:
-        bias[6] = -(2**31) + 3
+        bias[6] = -edge if fast_only else -(2**31) + 3
     struct = Struct(
         "bnn_output_t",
         kind=OUT_TFLITE,
@@ -758,7 +760,8 @@ def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind:
     """Convolutions in the M7's 4-pixel blocks whose every channel takes the fast store, so
     that the whole channel loop runs in assembly (bnn_x4_asm; with the channels' constants from
     a table, bnn_x4_tab_*, where X4_TABLE says so, which the M7 build's profile checks): TFLite
-    (bias, two roundings, multipliers over [2^30, 2^31), right shifts 2 .. 24, biases that wrap,
+    (bias, two roundings, multipliers over [2^30, 2^31), right shifts 2 .. 22, biases at the
+    fast store's limits,
     output zero points -90, 100 and 3) and affine (shifts >= 32: ties, a zero and a saturating
     multiplier), with the full int8 range. The same integers as the reference; the other
     backends run the same cases through their C paths."""
@@ -1012,17 +1015,17 @@ ADD_TFLITE_EXTREMES = [
     (-3, 9, 24, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -24), 0, (-128, 127)),  # a' wraps
     (127, -128, 20, (2**30, 0), (2**31 - 1, -1), (1000, 0), 127, (-128, 127)),  # shift 0: C
     (127, -128, 20, (2**30, 0), (2**31 - 1, -1), (2000, -1), -20, (-128, 127)),  # -1: C
-    # the fast store's largest right shift (24) with the extreme zero points, and 25 (C)
-    (-3, 9, 24, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -24), 127, (-128, 127)),
-    (-3, 9, 24, (2**31 - 1, 0), (2**30, -3), (2**30, -24), -128, (-128, 127)),
-    (-3, 9, 24, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -25), 127, (-128, 127)),
+    # the fast store's largest right shifts (22, 21) with the extreme zero points, and 23 (C)
+    (-3, 9, 20, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -22), 127, (-128, 127)),
+    (-3, 9, 20, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -21), -128, (-128, 127)),
+    (-3, 9, 20, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -23), 0, (-128, 127)),
 ]
 
 
 @pytest.mark.parametrize("case", ADD_TFLITE_EXTREMES)
 def test_add_tflite_every_pair(backend: Any, case: tuple[Any, ...]) -> None:
     """The TFLite Add on all 65,536 pairs of int8 values (its table path, and on the M7 the
-    8-instruction output store where it applies: the full range, -24 <= out_shift <= -2), against
+    6-instruction output store where it applies: the full range, -22 <= out_shift <= -1), against
     MultiplyByQuantizedMultiplier as the reference applies it, with (x - zp) * 2^left_shift and
     a' + b' wrapping like int32."""
     from bnncube.converters.reference import multiply_by_quantized_multiplier as mbqm
@@ -1718,7 +1721,7 @@ def test_depthwise_tflite_every_multiplier_and_shift(
     reference's MultiplyByQuantizedMultiplier: multipliers INT32_MIN (the saturating case, which
     the M7 path hands to C), 2^31 - 1, 2^30 and small ones, shifts from -31 to +8, zero points
     at both ends, a narrow activation range (the C store) and the full one (the M7's
-    8-instruction store for the channels with a multiplier > 0 and a shift from -24 to -2;
+    6-instruction store for the channels with a multiplier > 0 and a shift from -22 to -1;
     channels 8-11 land mostly inside int8, so that the roundings decide). Inputs at -128 and
     127 give extreme sums."""
     c = 12
@@ -1729,7 +1732,7 @@ def test_depthwise_tflite_every_multiplier_and_shift(
         [-(2**31), 2**31 - 1, 2**30, 1, 12345, -(2**31), 2**30 + 7, 2**31 - 1,
          2**30, 1518500250, 2**19, 2**24 + 3]
     )  # fmt: skip
-    shift = np.asarray([0, -31, -8, 8, -1, 1, -24, 3, -9, -10, -2, -5], np.int32)
+    shift = np.asarray([0, -31, -8, 8, -1, 1, -22, 3, -9, -10, -2, -5], np.int32)
     bias = rng.integers(-(2**20), 2**20, c).astype(np.int32)
     bias[8:] //= 2**10
     zp_in = 127
@@ -1836,14 +1839,15 @@ def test_pointwise_tflite_every_multiplier_and_shift(
 ) -> None:
     """The TFLite stores of the pointwise paths (255 pixels: 63 blocks of 4, a pair, one) on
     extreme per-channel constants, against the reference's MultiplyByQuantizedMultiplier. With
-    the full int8 range the M7 takes its 8-instruction store for every channel with a multiplier
-    > 0 and a shift from -24 to -2, and the C store for the rest (INT32_MIN, a negative
-    multiplier, shifts -1 .. 3 and -31); a narrow range takes the C store throughout. With the
-    first 11 channels only (all of the first kind) and the full range, the whole channel loop
-    of the 4-pixel blocks runs in assembly (bnn_x4_asm). Channels 1-7 land mostly inside int8,
-    so that the roundings (ties included) decide the result; biases at both ends of int32 make
-    acc + bias wrap (channel 0) or reach the ends of the 64-bit product (channels 9, 10, 16; 9
-    and 10 with the fast store's largest shifts)."""
+    the full int8 range the M7 takes its 6-instruction store for every channel with a multiplier
+    > 0, a shift from -22 to -1 and |acc + bias| < 2^30 for any acc, and the C store for the
+    rest (INT32_MIN, a negative multiplier, shifts 0 .. 3 and -31, biases near the ends of
+    int32); a narrow range takes the C store throughout. With the first 11 channels only (all of
+    the first kind) and the full range, the whole channel loop of the 4-pixel blocks runs in
+    assembly (bnn_x4_asm). Channels 1-7 land mostly inside int8, so that the roundings (ties
+    included) decide the result; channels 0, 8, 9 and 10 have the fast store's largest biases
+    (9 and 10 with its largest shifts), channels 11, 12 and 16 biases at the ends of int32, so
+    that acc + bias wraps or reaches the ends of the 64-bit product."""
     from bnncube.converters.reference import multiply_by_quantized_multiplier
 
     lo, hi, zp_out = act
@@ -1854,14 +1858,15 @@ def test_pointwise_tflite_every_multiplier_and_shift(
         [2**31 - 1, 2**30, 1518500250, 2**30 + 7, 2**31 - 1, 2**19, 2**24 + 3, 2**22 + 1,
          1, 2**31 - 1, 2**31 - 1, -(2**31), -5, 2**30, 2**30, 2**31 - 1, 2**31 - 1]
     )  # fmt: skip
-    shift = np.asarray([-2, -9, -10, -9, -10, -2, -3, -5, -2, -24, -23, 0, -4, -1, 0, 3, -31])
+    shift = np.asarray([-2, -9, -10, -9, -10, -2, -3, -5, -2, -22, -21, 0, -4, -1, 0, 3, -31])
     mult, shift = mult[:channels], shift[:channels]
     o = mult.size
     w = _int8(rng, (o, 1, 1, c))
     bias = rng.integers(-(2**16), 2**16, o, dtype=np.int64)
-    bias[[0, 8, 9, 10]] = [2**31 - 1, -(2**31), -(2**31) + 4_000_000, 2**31 - 4_000_000]
+    edge = 2**30 - 1 - 128 * 255 * c  # the largest |bias| of the fast store
+    bias[[0, 8, 9, 10]] = [edge, -edge, -edge, edge]
     if o > 16:
-        bias[16] = -(2**31) + 4_000_000
+        bias[[11, 12, 16]] = [2**31 - 1, -(2**31), -(2**31) + 4_000_000]
     geo = Geo(15, 17, 1, 1)
     out = _sentinel((1, 15, 17, o), np.int8)
     output = Struct(

@@ -170,6 +170,20 @@ static void bnn_add_affine_lo(int32_t size, const int8_t *a, const int8_t *b, in
  * for all 256 values (2 KB on the stack, in this function's frame only), and each element
  * costs two lookups, the sum and the output's MBQM (bnn_tflite_fast where it applies). The
  * same integers as the element loop of bnn_add_s8_run. */
+#if BNN_TFLITE_FAST
+/* The largest |t[v]| of a table of 256 values. */
+BNN_ALWAYS_INLINE int64_t bnn_add_table_max(const int32_t *t)
+{
+    int64_t m = 0;
+    int32_t v;
+    for (v = 0; v < 256; ++v) {
+        const int64_t x = t[v] < 0 ? -(int64_t)t[v] : t[v];
+        m = x > m ? x : m;
+    }
+    return m;
+}
+#endif
+
 BNN_NOINLINE void bnn_add_tflite_tables(const bnn_add_params_t *params, int32_t size,
                                         const int8_t *a, const int8_t *b, int8_t *out)
 {
@@ -187,12 +201,14 @@ BNN_NOINLINE void bnn_add_tflite_tables(const bnn_add_params_t *params, int32_t 
     }
 #if BNN_TFLITE_FAST
     if (lo == BNN_INT8_MIN && hi == BNN_INT8_MAX &&
-        bnn_tflite_fast_ok(params->out_mult, params->out_shift, zp)) {
-        const int32_t m = params->out_mult, em1 = -params->out_shift - 1;
-        const int32_t k = bnn_tflite_fast_k(params->out_shift, zp);
+        bnn_tflite_fast_ok(params->out_mult, params->out_shift, zp) &&
+        bnn_add_table_max(ta) + bnn_add_table_max(tb) < (int64_t)1 << 30) {
+        /* every sum within (-2^30, 2^30): bnn_tflite_fast applies */
+        const int32_t m = params->out_mult, e = -params->out_shift;
+        const int32_t c = bnn_tflite_fast_c(params->out_shift, zp);
         for (i = 0; i < size; ++i) {
             uint32_t sum = (uint32_t)pa[a[i]] + (uint32_t)pb[b[i]];
-            out[i] = (int8_t)bnn_tflite_fast(bnn_s32_from_u32(sum), m, k, em1);
+            out[i] = (int8_t)bnn_tflite_fast(bnn_s32_from_u32(sum), m, c, e);
         }
         return;
     }

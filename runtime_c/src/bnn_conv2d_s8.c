@@ -199,7 +199,7 @@ typedef struct {
     const void *c0;    /* 28: TFLite bias (int32), affine a_mult (int32), per channel */
     const void *c1;    /* 32: TFLite q_mult (int32), affine a_offset (int64) */
     const void *c2;    /* 36: TFLite q_shift (int32), affine a_shift (int8) */
-    int32_t zp2p1;     /* 40: TFLite 2 * out_zero_point + 1 (bnn_tflite_fast_k's factor) */
+    int32_t zp2p1;     /* 40: TFLite 2 * out_zero_point + 1 (bnn_tflite_fast_c's factor) */
     const int32_t *tab; /* 44: bnn_x4_tab_*: the current channel's constants (bnn_x4_table) */
     uintptr_t entry;   /* 48: bnn_x4_tab8_*: where the unrolled MACs start (BNN_X4A_MACS8) */
 } bnn_x4_state_t;
@@ -252,14 +252,11 @@ typedef char bnn_x4_state_layout_ok[(offsetof(bnn_x4_state_t, zp2p1) == 40 &&
     "ldr     r7, [lr, #" off "]\n\t"                                                            \
     load "   " reg ", [r7], #" step "\n\t"                                                      \
     "str     r7, [lr, #" off "]\n\t"
-/* bnn_tflite_fast of the sum x stored at addr: mult r4, em1 r5, k r6; r7, r12 scratch */
+/* bnn_tflite_fast of the sum x stored at addr: mult r4, e r5, c r6; r12 scratch */
 #define BNN_X4A_TFLITE_STEP(x, addr)                                                           \
-    "mov     r7, #0x40000000\n\t"                                                               \
-    "mov     r12, r6\n\t"                                                                       \
-    "smlal   r7, r12, " x ", r4\n\t"                                                            \
-    "asr     " x ", " x ", #31\n\t"                                                             \
-    "adds    r7, r7, " x ", lsl #31\n\t"                                                        \
-    "adc     r12, r12, " x "\n\t"                                                               \
+    "add     " x ", " x ", " x "\n\t"                                                            \
+    "smmlar  r12, " x ", r4, r6\n\t"                                                            \
+    "add     r12, r12, " x ", asr #31\n\t"                                                      \
     "asr     r12, r12, r5\n\t"                                                                  \
     "ssat    r12, #8, r12\n\t"                                                                  \
     "strb    r12, " addr "\n\t"
@@ -466,10 +463,10 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
             "mov     r2, r0\n\t"
             "mov     r3, r0\n\t" BNN_X4A_MACS BNN_X4A_NEXT("ldr", "r4", "32", "4")
             BNN_X4A_NEXT("ldr", "r5", "36", "4")
-            "mvn     r5, r5\n\t" /* em1 = e - 1 = -shift - 1 */
+            "rsb     r5, r5, #0\n\t" /* e = -shift */
             "sub     r8, r5, #1\n\t"
             "ldr     r6, [lr, #40]\n\t"
-            "lsl     r6, r6, r8\n\t" /* k = (2 zp + 1) * 2^(e-2) */
+            "lsl     r6, r6, r8\n\t" /* c = (2 zp + 1) * 2^(e-1) */
             BNN_X4A_STORE4(BNN_X4A_TFLITE_STEP("r0", "[r9]"),
                            BNN_X4A_TFLITE_STEP("r1", "[r9, r10]"),
                            BNN_X4A_TFLITE_STEP("r2", "[r0]"),
@@ -528,11 +525,10 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
                                             const int8_t *filter, int32_t fstride,
                                             int32_t o_begin, int32_t o_end, int32_t pix,
                                             int32_t out_c, void *out, int use_asm,
-                                            const int32_t *tab, bnn_x4_state_t *st)
+                                            int full, const int32_t *tab, bnn_x4_state_t *st)
 {
 #if BNN_TFLITE_FAST /* (and BNN_AFFINE_FAST: the same conditions) */
-    /* the int8 range is the full one: the fast stores apply (then per channel) */
-    const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
+    /* full: bnn_int8_fast of the call; then the fast stores apply per channel */
     const int fast = kind == BNN_OUT_TFLITE && !output->q_single_rounding && full;
     const int32_t zp = output->out_zero_point;
 #endif
@@ -547,6 +543,9 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
     (void)use_asm;
     (void)tab;
     (void)st;
+#endif
+#if !BNN_TFLITE_FAST
+    (void)full;
 #endif
     for (o = o_begin; o < o_end; ++o) {
         const int8_t *w = filter + (size_t)(o - o_begin) * (size_t)fstride;
@@ -623,8 +622,7 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
             const int32_t q = output->q_mult[o], s = output->q_shift[o];
 #if BNN_TFLITE_FAST
             if (fast && bnn_tflite_fast_ok(q, s, zp)) {
-                (void)bnn_tflite_fast4(y, out_c, a0, a1, a2, a3, q, bnn_tflite_fast_k(s, zp),
-                                       -s - 1);
+                (void)bnn_tflite_fast4(y, out_c, a0, a1, a2, a3, q, bnn_tflite_fast_c(s, zp), -s);
                 continue;
             }
 #endif
@@ -655,7 +653,9 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
 {
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
-    const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c);
+    const int32_t acc_max = bnn_acc_max(in_c);
+    const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c, acc_max);
+    const int full = bnn_int8_fast(kind, output, out_c, acc_max);
     /* the channels whose constants fit in xb after the expanded inputs (bnn_x4_table); taken
      * in chunks of that many, each chunk expanding the inputs again, where that costs less
      * than half of what the table saves (per block of 4 pixels: about 8 instructions per
@@ -688,7 +688,8 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
                 }
             }
             bnn_conv_x4_channels(kind, output, xb, groups, filter + (size_t)o0 * (size_t)in_c,
-                                 in_c, o0, o1, pix, out_c, out, use_asm, table ? tab : NULL, st);
+                                 in_c, o0, o1, pix, out_c, out, use_asm, full, table ? tab : NULL,
+                                 st);
         }
     }
     return pix;
@@ -712,7 +713,7 @@ BNN_ALWAYS_INLINE void bnn_conv_1x1x_body(bnn_out_kind_t kind, const bnn_conv_pa
     const int32_t npix = out_h * out_w;
     const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
-    const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
+    const int full = bnn_int8_fast(kind, output, out_c, bnn_acc_max(in_c));
     int32_t pix = 0;
     if (groups <= words / 8) { /* blocks of 4 pixels first, then pairs (xb: `words` words) */
         pix = bnn_conv_1x1x4(kind, params, output, in, in_w, in_c, filter, npix, out_w, out_c,
@@ -957,7 +958,9 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
     int8_t *const raw = (int8_t *)(xb + 8 * groups);        /* 4 * groups bytes */
     int8_t *const last = (int8_t *)(xb + 9 * groups);       /* likewise */
     int32_t *const tab = xb + 10 * groups;                  /* bnn_x4_table, if it fits */
-    const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c);
+    const int32_t acc_max = bnn_acc_max(taps);
+    const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c, acc_max);
+    const int full = bnn_int8_fast(kind, output, out_c, acc_max);
     const int table =
         use_asm && (BNN_PW_XBUF - 10 * groups) / BNN_X4_TAB_WORDS >= out_c;
     int32_t pix, k;
@@ -987,11 +990,11 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
             }
         }
         bnn_conv_x4_channels(kind, output, xb, groups, filter, taps, 0, split, pix, out_c, out,
-                             use_asm, table ? tab : NULL, st);
+                             use_asm, full, table ? tab : NULL, st);
         if (split < out_c) {
             bnn_conv_x4_channels(kind, output, xb, groups, last, taps, split, out_c, pix, out_c,
-                                 out, use_asm, table ? tab + BNN_X4_TAB_WORDS * split : NULL,
-                                 st);
+                                 out, use_asm, full,
+                                 table ? tab + BNN_X4_TAB_WORDS * split : NULL, st);
         }
     }
     return pix;
@@ -1038,7 +1041,7 @@ BNN_ALWAYS_INLINE void bnn_conv_patch_body(bnn_out_kind_t kind, const bnn_conv_p
     const int32_t zp = params->input_zero_point;
     const int8_t zp8 = (int8_t)zp;
     const int32_t neg_zp = bnn_neg_zp_pair(zp); /* -zp in both halfwords, for SXTAB16 */
-    const int full = output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
+    const int full = bnn_int8_fast(kind, output, out_c, bnn_acc_max(taps));
     int32_t pix, k;
     for (pix = pix0; pix < out_h * out_w; ++pix) {
         {

@@ -150,18 +150,16 @@ typedef char bnn_dw3_state_layout_ok[(offsetof(bnn_dw3_state_t, p) == 80 &&
     "ssat    " acc ", #8, " acc "\n\t"                                                          \
     "strb    " acc ", [r9, #" off "]\n\t"
 /* bnn_tflite_fast of the sum acc (the bias in it), stored at [r9, #off]: the channel's
- * bnn_tflite_fast_words by LDM from r12 (mult r4, em1 r5, k r6; r8 the bias, unused); r11
+ * bnn_tflite_fast_words by LDM from r12 (mult r4, e r5, c r6; r8 the bias, unused); r11
  * scratch */
 #define BNN_DW3_TFLITE(acc, off)                                                               \
     "ldmia   r12!, {r4, r5, r6, r8}\n\t"                                                        \
-    "mov     r11, #0x40000000\n\t"                                                              \
-    "smlal   r11, r6, " acc ", r4\n\t"                                                          \
-    "asr     " acc ", " acc ", #31\n\t"                                                         \
-    "adds    r11, r11, " acc ", lsl #31\n\t"                                                    \
-    "adc     r6, r6, " acc "\n\t"                                                               \
-    "asr     r6, r6, r5\n\t"                                                                    \
-    "ssat    r6, #8, r6\n\t"                                                                    \
-    "strb    r6, [r9, #" off "]\n\t"
+    "add     " acc ", " acc ", " acc "\n\t"                                                      \
+    "smmlar  r11, " acc ", r4, r6\n\t"                                                          \
+    "add     r11, r11, " acc ", asr #31\n\t"                                                    \
+    "asr     r11, r11, r5\n\t"                                                                  \
+    "ssat    r11, #8, r11\n\t"                                                                  \
+    "strb    r11, [r9, #" off "]\n\t"
 /* The band: per output row, per run (its p, n and w set up from prow, colp, coln, colw and
  * wband), the window loop: sums from init, the 9 taps (rows from p, weights from w), the 4
  * stores by `store`, then the next window and output. The registers it uses are its own: r7
@@ -363,7 +361,7 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
     bnn_dw3_columns(&st, rx, sw, params->pad_left);
     /* every window in bnn_dw3_asm's reach and every channel fast: the lean loop below */
     const int asm_all = ry[0] == 0 && ry[3] == out_h && rx[0] == 0 && rx[3] == out_w &&
-                        bnn_fast_stores_ok(kind, output, in_c);
+                        bnn_fast_stores_ok(kind, output, in_c, bnn_acc_max(9));
 #else
     int32_t grid[50]; /* only the middle 3 x 3 is used */
 #endif
@@ -402,14 +400,15 @@ BNN_ALWAYS_INLINE void depthwise_3x3_body(bnn_out_kind_t kind, const bnn_conv_pa
         for (t = 0; t < 4; ++t) {
             c_mult[t] = c_shift[t] = 0;
             c_offset[t] = 0;
-            c_tfl[t] = bnn_tflite_ch(0, 0, 0, output);
+            c_tfl[t] = bnn_tflite_ch(0, 0, 0, output, 0);
             if (kind == BNN_OUT_AFFINE) {
                 c_mult[t] = output->a_mult[oc + t];
                 c_offset[t] = output->a_offset[oc + t];
                 c_shift[t] = output->a_shift[oc + t];
             } else if (kind == BNN_OUT_TFLITE) {
                 c_tfl[t] = bnn_tflite_ch(output->bias != NULL ? output->bias[oc + t] : 0,
-                                         output->q_mult[oc + t], output->q_shift[oc + t], output);
+                                         output->q_mult[oc + t], output->q_shift[oc + t], output,
+                                         bnn_acc_max(9));
             }
         }
 #if BNN_AFFINE_FAST

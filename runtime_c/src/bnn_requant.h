@@ -444,74 +444,92 @@ static inline bnn_status_t bnn_output_check(const bnn_output_t *output, int32_t 
     }
 }
 
-/* The usual TFLite channel in 8 instructions (Cortex-M7, optimized builds): two roundings,
- * mult > 0, a right shift e = -shift with 2 <= e <= 24 (no left shift), zp within int8 and the
- * full int8 range (act_min -128, act_max 127): bnn_tflite_fast_ok. Then, for x = acc + bias,
+/* The usual TFLite channel in 6 instructions with its store (Cortex-M7, optimized builds): two
+ * roundings, mult > 0, a right shift e = -shift with 1 <= e <= 22 (no left shift), zp within
+ * int8, the full int8 range (act_min -128, act_max 127): bnn_tflite_fast_ok; and x = acc +
+ * bias within (-2^30, 2^30), which the kernels make sure of per call from the biases and the
+ * largest |acc| (bnn_tflite_bias_ok). Then
  *   RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, mult), e) + zp, clamped
- * is computed from one 64-bit sum. With p = x * mult and h = floor((p + 2^30) / 2^31) (the
- * high multiply; mult > 0 never saturates), RoundingDivideByPOT(h, e) = floor((h + 2^(e-1) -
- * [h < 0]) / 2^e) (half away from zero), and [h < 0] may be replaced by s = [p < 0] = [x < 0]:
- * they differ only when -2^30 <= p < 0, where h = 0 and both give 0. Folding the inner floor
- * and the zero point (a multiple of the divisor),
- *   result + zp = floor((p + 2^30 + 2^(30+e) + zp * 2^(31+e) - s * 2^31) / 2^(31+e)),
- * the high word of a 64-bit sum shifted right by e - 1: SMLAL onto K = 2^30 + (2 zp + 1) *
- * 2^(30+e) (low word 2^30, high word k = (2 zp + 1) * 2^(e-2)), then s * 2^31 taken off with
- * the sign of x (ASR #31: -1 or 0, which is the 64-bit -2^31 shifted), the ASR by e - 1, and
- * the clamp by SSAT to 8 bits. The sum cannot overflow: |p| < 2^62 and |2 zp + 1| <= 255, so
- * |sum| < 2^62 + 255 * 2^(30+e) + 2^31 < 2^63 for e <= 24. (A larger e, a real multiplier
- * under 2^-24, takes the other stores.) */
+ * takes: the high multiply h = floor((x * mult + 2^30) / 2^31) (mult > 0 never saturates,
+ * and TFLite's nudge for a negative product gives this floor too) = floor((2x * mult + 2^31) /
+ * 2^32), SMMULR of 2x (within int32); RoundingDivideByPOT(h, e) = floor((h + 2^(e-1) -
+ * [h < 0]) / 2^e) (half away from zero), where [h < 0] may be replaced by s = [x < 0]: they
+ * differ only when -2^30 <= x * mult < 0, where h = 0 and both give 0. With the zero point
+ * folded (a multiple of the divisor),
+ *   result + zp = (h + c - s) >> e,   c = 2^(e-1) + zp * 2^e = (2 zp + 1) * 2^(e-1):
+ * ADD (2x), SMMLAR (c + h), ADD of 2x ASR #31 (-s), ASR by e, SSAT to 8 bits, and the STRB.
+ * No step overflows: |h| <= 2^30 and |c| < 2^29. */
 BNN_ALWAYS_INLINE int bnn_tflite_fast_ok(int32_t mult, int32_t shift, int32_t zp)
 {
-    return mult > 0 && shift <= -2 && shift >= -24 && zp >= BNN_INT8_MIN && zp <= BNN_INT8_MAX;
+    return mult > 0 && shift <= -1 && shift >= -22 && zp >= BNN_INT8_MIN && zp <= BNN_INT8_MAX;
 }
 
-/* bnn_tflite_fast's k: the high word of its constant, (2 zp + 1) * 2^(e-2) for e = -shift
- * (within int32 for a channel bnn_tflite_fast_ok accepts). */
-BNN_ALWAYS_INLINE int32_t bnn_tflite_fast_k(int32_t shift, int32_t zp)
+/* bnn_tflite_fast's c: (2 zp + 1) * 2^(e-1) for e = -shift (within int32 for a channel
+ * bnn_tflite_fast_ok accepts). */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_fast_c(int32_t shift, int32_t zp)
 {
-    return (2 * zp + 1) * ((int32_t)1 << (-shift - 2));
+    return (2 * zp + 1) * ((int32_t)1 << (-shift - 1));
+}
+
+/* The largest |acc| of a kernel whose outputs each sum `taps` products of int8 weights and
+ * inputs minus an int8 zero point (128 * 255 each), capped at 2^30 (then no bias passes
+ * bnn_tflite_bias_ok). */
+BNN_ALWAYS_INLINE int32_t bnn_acc_max(int64_t taps)
+{
+    return taps < (int64_t)1 << 15 ? (int32_t)(taps * 128 * 255) : (int32_t)1 << 30;
+}
+
+/* Whether acc + bias stays within (-2^30, 2^30) for every channel (bias NULL: 0) when |acc| <=
+ * acc_max: the precondition of bnn_tflite_fast. */
+BNN_ALWAYS_INLINE int bnn_tflite_bias_ok(const int32_t *bias, int32_t n, int32_t acc_max)
+{
+    const int32_t lim = ((int32_t)1 << 30) - 1 - acc_max;
+    int32_t o;
+    if (lim < 0) {
+        return 0;
+    }
+    for (o = 0; bias != NULL && o < n; ++o) {
+        if (bias[o] > lim || bias[o] < -lim) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 #if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
 #define BNN_TFLITE_FAST 1
-/* x = acc + bias (wrapped), k = bnn_tflite_fast_k, em1 = e - 1, for a channel
- * bnn_tflite_fast_ok accepts in a kernel with q_single_rounding 0 and the full int8 range. */
-BNN_ALWAYS_INLINE int32_t bnn_tflite_fast(int32_t x, int32_t mult, int32_t k, int32_t em1)
+/* x = acc + bias (wrapped), c = bnn_tflite_fast_c, e = -shift, for a channel
+ * bnn_tflite_fast_ok accepts in a kernel with q_single_rounding 0, the full int8 range and
+ * |x| < 2^30. */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_fast(int32_t x, int32_t mult, int32_t c, int32_t e)
 {
-    int32_t lo, hi;
-    __asm__("mov   %[lo], #0x40000000\n\t"
-            "mov   %[hi], %[k]\n\t"
-            "smlal %[lo], %[hi], %[x], %[m]\n\t"
-            "asr   %[x], %[x], #31\n\t"
-            "adds  %[lo], %[lo], %[x], lsl #31\n\t"
-            "adc   %[hi], %[hi], %[x]\n\t"
-            "asr   %[hi], %[hi], %[e]\n\t"
-            "ssat  %[hi], #8, %[hi]\n\t"
-            : [lo] "=&r"(lo), [hi] "=&r"(hi), [x] "+r"(x)
-            : [m] "r"(mult), [k] "r"(k), [e] "r"(em1)
-            : "cc");
-    return hi;
+    int32_t t;
+    __asm__("add    %[x], %[x], %[x]\n\t"
+            "smmlar %[t], %[x], %[m], %[c]\n\t"
+            "add    %[t], %[t], %[x], asr #31\n\t"
+            "asr    %[t], %[t], %[e]\n\t"
+            "ssat   %[t], #8, %[t]\n\t"
+            : [t] "=&r"(t), [x] "+r"(x)
+            : [m] "r"(mult), [c] "r"(c), [e] "r"(e));
+    return t;
 }
 
-/* One step of bnn_tflite_fast4: the store of x at [addr] (lo, hi: scratch). */
+/* One step of bnn_tflite_fast4: the store of x at [addr] (t: scratch). */
 #define BNN_TFLITE_FAST_STEP(x, addr)                                                          \
-    "mov   %[lo], #0x40000000\n\t"                                                             \
-    "mov   %[hi], %[k]\n\t"                                                                    \
-    "smlal %[lo], %[hi], %[" x "], %[m]\n\t"                                                   \
-    "asr   %[" x "], %[" x "], #31\n\t"                                                         \
-    "adds  %[lo], %[lo], %[" x "], lsl #31\n\t"                                                \
-    "adc   %[hi], %[hi], %[" x "]\n\t"                                                         \
-    "asr   %[hi], %[hi], %[e]\n\t"                                                             \
-    "ssat  %[hi], #8, %[hi]\n\t"                                                               \
-    "strb  %[hi], " addr "\n\t"
+    "add    %[" x "], %[" x "], %[" x "]\n\t"                                                   \
+    "smmlar %[t], %[" x "], %[m], %[c]\n\t"                                                    \
+    "add    %[t], %[t], %[" x "], asr #31\n\t"                                                 \
+    "asr    %[t], %[t], %[e]\n\t"                                                              \
+    "ssat   %[t], #8, %[t]\n\t"                                                                \
+    "strb   %[t], " addr "\n\t"
 
 /* bnn_tflite_fast of one channel's 4 sums (x = acc + bias each), stored at y[0], y[oc],
- * y[2 oc] and y[3 oc]; then y moves on by one (the next channel). 39 instructions. */
+ * y[2 oc] and y[3 oc]; then y moves on by one (the next channel). 27 instructions. */
 BNN_ALWAYS_INLINE int8_t *bnn_tflite_fast4(int8_t *y, int32_t oc, int32_t a0, int32_t a1,
-                                           int32_t a2, int32_t a3, int32_t mult, int32_t k,
-                                           int32_t em1)
+                                           int32_t a2, int32_t a3, int32_t mult, int32_t c,
+                                           int32_t e)
 {
-    int32_t lo, hi;
+    int32_t t;
     /* volatile: its effect is the stores (its register outputs may all go unused) */
     __asm__ __volatile__(BNN_TFLITE_FAST_STEP("a0", "[%[y]]")
             BNN_TFLITE_FAST_STEP("a1", "[%[y], %[oc]]")
@@ -520,10 +538,10 @@ BNN_ALWAYS_INLINE int8_t *bnn_tflite_fast4(int8_t *y, int32_t oc, int32_t a0, in
             "add   %[a0], %[a0], %[oc]\n\t"
             BNN_TFLITE_FAST_STEP("a3", "[%[a0]]")
             "add   %[y], %[y], #1\n\t"
-            : [lo] "=&r"(lo), [hi] "=&r"(hi), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2),
-              [a3] "+r"(a3), [y] "+r"(y)
-            : [m] "r"(mult), [k] "r"(k), [e] "r"(em1), [oc] "r"(oc)
-            : "cc", "memory");
+            : [t] "=&r"(t), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3),
+              [y] "+r"(y)
+            : [m] "r"(mult), [c] "r"(c), [e] "r"(e), [oc] "r"(oc)
+            : "memory");
     return y;
 }
 #undef BNN_TFLITE_FAST_STEP
@@ -542,12 +560,14 @@ typedef struct {
     int32_t zp, shift;    /* out_zero_point; the shift as given */
     int32_t single;       /* output->q_single_rounding */
     int32_t plain;        /* 1: the C arithmetic (single rounding, or mult = INT32_MIN) */
-    int32_t k, em1;       /* bnn_tflite_fast's constants: bnn_tflite_fast_k, e - 1 (e = right) */
-    int32_t fast;         /* 1: bnn_tflite_fast applies (bnn_tflite_fast_ok, full range) */
+    int32_t c;            /* bnn_tflite_fast's constant: bnn_tflite_fast_c */
+    int32_t fast;         /* 1: bnn_tflite_fast applies (bnn_tflite_fast_ok, full range, the
+                           * bias within bnn_tflite_bias_ok's bound) */
 } bnn_tflite_ch_t;
 
+/* acc_max: the largest |acc| of the kernel (bnn_acc_max). */
 BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int32_t shift,
-                                                const bnn_output_t *output)
+                                                const bnn_output_t *output, int32_t acc_max)
 {
     bnn_tflite_ch_t c;
     c.bias = bias;
@@ -563,24 +583,26 @@ BNN_ALWAYS_INLINE bnn_tflite_ch_t bnn_tflite_ch(int32_t bias, int32_t mult, int3
     c.single = output->q_single_rounding != 0;
     c.plain = c.single || mult == INT32_MIN;
     c.fast = !c.single && bnn_tflite_fast_ok(mult, shift, c.zp) &&
-             output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX;
-    c.k = c.fast ? bnn_tflite_fast_k(shift, c.zp) : 0;
-    c.em1 = c.right - 1;
+             output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX &&
+             bnn_tflite_bias_ok(&bias, 1, acc_max);
+    c.c = c.fast ? bnn_tflite_fast_c(shift, c.zp) : 0;
     return c;
 }
 
 /* Whether every channel of a call's int8 output takes the fast store: TFLite with a bias, two
- * roundings and bnn_tflite_fast_ok, or affine with a shift >= 32 (bnn_affine_fast), and the
- * full int8 range (checked once per call by the kernels' whole-assembly paths). */
+ * roundings, bnn_tflite_fast_ok and bnn_tflite_bias_ok (acc_max: the largest |acc|,
+ * bnn_acc_max), or affine with a shift >= 32 (bnn_affine_fast), and the full int8 range
+ * (checked once per call by the kernels' whole-assembly paths). */
 BNN_ALWAYS_INLINE int bnn_fast_stores_ok(bnn_out_kind_t kind, const bnn_output_t *output,
-                                         int32_t out_c)
+                                         int32_t out_c, int32_t acc_max)
 {
     int32_t o;
     if (output->act_min != BNN_INT8_MIN || output->act_max != BNN_INT8_MAX) {
         return 0;
     }
     if (kind == BNN_OUT_TFLITE) {
-        if (output->bias == NULL || output->q_single_rounding) {
+        if (output->bias == NULL || output->q_single_rounding ||
+            !bnn_tflite_bias_ok(output->bias, out_c, acc_max)) {
             return 0;
         }
         for (o = 0; o < out_c; ++o) {
@@ -603,15 +625,15 @@ BNN_ALWAYS_INLINE int bnn_fast_stores_ok(bnn_out_kind_t kind, const bnn_output_t
 }
 
 /* The 4 words of a channel's fast stores in the order the kernels' assembly loads them (one LDM
- * into r4, r5, r6, r8). TFLite (bnn_tflite_fast, e = -shift): mult, e - 1, bnn_tflite_fast_k
- * and the bias (which the kernels add into the sums before the store). Affine
+ * into r4, r5, r6, r8). TFLite (bnn_tflite_fast): mult, e = -shift, bnn_tflite_fast_c and the
+ * bias (which the kernels add into the sums before the store). Affine
  * (bnn_affine_fast; shift >= 32): mult, the offset's low and high words, shift - 32. */
 BNN_ALWAYS_INLINE void bnn_tflite_fast_words(int32_t mult, int32_t shift, int32_t zp,
                                              int32_t bias, int32_t *c)
 {
     c[0] = mult;
-    c[1] = -shift - 1;
-    c[2] = bnn_tflite_fast_k(shift, zp);
+    c[1] = -shift;
+    c[2] = bnn_tflite_fast_c(shift, zp);
     c[3] = bias;
 }
 BNN_ALWAYS_INLINE void bnn_affine_fast_words(int32_t mult, int64_t offset, int32_t shift,
@@ -634,7 +656,7 @@ BNN_ALWAYS_INLINE int32_t bnn_tflite_ch_out(int32_t acc, const bnn_tflite_ch_t *
 #if BNN_TFLITE_FAST
     if (c->fast) {
         return bnn_tflite_fast(bnn_s32_from_u32((uint32_t)acc + (uint32_t)c->bias), c->mult,
-                               c->k, c->em1);
+                               c->c, c->right);
     }
 #endif
 #if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
@@ -726,10 +748,19 @@ BNN_ALWAYS_INLINE void bnn_output_store_kind(bnn_out_kind_t kind, const bnn_outp
     }
 }
 
+/* bnn_int8_out's `fast` for a kernel: the full int8 range, and for TFLite every bias within
+ * bnn_tflite_bias_ok's bound (acc_max: the kernel's largest |acc|, bnn_acc_max). */
+BNN_ALWAYS_INLINE int bnn_int8_fast(bnn_out_kind_t kind, const bnn_output_t *output,
+                                    int32_t out_c, int32_t acc_max)
+{
+    return output->act_min == BNN_INT8_MIN && output->act_max == BNN_INT8_MAX &&
+           (kind != BNN_OUT_TFLITE || bnn_tflite_bias_ok(output->bias, out_c, acc_max));
+}
+
 /* The int8 output of channel o (kind BNN_OUT_AFFINE or BNN_OUT_TFLITE) from its exact
  * accumulator, by the fast stores where they apply (bnn_affine_fast, bnn_tflite_fast; `full`:
- * the kernel's range is the full int8 one), else as bnn_output_store_kind. Inlined into a
- * kernel that stores a channel's outputs one after the other, the constants are read once. */
+ * bnn_int8_fast of the kernel), else as bnn_output_store_kind. Inlined into a kernel that
+ * stores a channel's outputs one after the other, the constants are read once. */
 BNN_ALWAYS_INLINE int32_t bnn_int8_out(bnn_out_kind_t kind, const bnn_output_t *output,
                                        int32_t o, int32_t acc, int full)
 {
@@ -750,7 +781,7 @@ BNN_ALWAYS_INLINE int32_t bnn_int8_out(bnn_out_kind_t kind, const bnn_output_t *
         if (full && !output->q_single_rounding &&
             bnn_tflite_fast_ok(q, s, output->out_zero_point)) {
             return bnn_tflite_fast(bnn_s32_from_u32((uint32_t)acc + (uint32_t)c), q,
-                                   bnn_tflite_fast_k(s, output->out_zero_point), -s - 1);
+                                   bnn_tflite_fast_c(s, output->out_zero_point), -s);
         }
 #endif
         return bnn_tflite_out(acc, c, q, s, output);
