@@ -74,6 +74,40 @@ def test_mnv2_i8_bit_exact_and_equal_to_tflite(mnv2_i8_tflite: Path, tmp_path: P
     assert np.array_equal(report["_arrays"]["outputs"], report["_arrays"]["original"])
 
 
+def test_deep_pointwise_scratch_in_the_arena(mnv2_i8_tflite: Path) -> None:
+    """Every pointwise conv deeper than 128 (mnv2_i8's block_7 .. block_16 projects and
+    out_relu) gets the scratch its kernel asks for as a planned buffer in the arena, live
+    during its op only, and the generated call passes it in its context; the other calls pass
+    an empty one. Here the buffers fit where the arena is free: it does not grow."""
+    from bnncube.validation.kernel_calls import graph_scratch
+
+    graph = load_model(mnv2_i8_tflite)
+    result = generate_code(graph, GenerateOptions())
+    asked = graph_scratch(result.graph)
+    tensors = result.graph.tensors
+    deep = {
+        op.name: 8 * tensors[op.inputs[0]].shape[3]  # 4 pixels of C int16 values
+        for op in result.graph.ops
+        if op.type == "Conv2D"
+        and tensors[op.inputs[1]].shape[1:3] == (1, 1)
+        and tensors[op.inputs[0]].shape[3] > 128
+    }
+    assert asked == deep and len(deep) == 11
+    code = result.files["network.c"]
+    for layer, op in enumerate(result.graph.ops):
+        entry = next((e for e in result.plan.entries if e.name == f"scratch:{op.name}"), None)
+        if op.name in asked:
+            assert entry is not None and entry.kind == "scratch"
+            assert (entry.first, entry.last, entry.size) == (layer, layer, asked[op.name])
+            assert (
+                f"const bnn_context_t s{layer}_0 = {{act + {entry.offset}, {entry.size}}};" in code
+            )
+        else:
+            assert entry is None
+    assert code.count("= {act + ") == len(deep)
+    assert result.activations_bytes == 129_024  # as without the scratch
+
+
 @pytest.fixture(scope="module")
 def random_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Random QKeras models (test_reference_qkeras) and TFLite CNNs (test_reference_random_tflite)

@@ -21,7 +21,9 @@ extern "C" {
 /* ---- int8 multiply-accumulate ops ------------------------------------------------------ */
 
 /* Conv2D, int8 input and filter (OHWI), output by `output` (int8, or float32 for
- * BNN_OUT_FLOAT). */
+ * BNN_OUT_FLOAT). ctx may be NULL; bnn_conv2d_s8_scratch_size gives the scratch (ctx->buf,
+ * 4-byte aligned, ctx->size bytes) that makes a deep pointwise layer (1x1, C > 128) faster on
+ * the Cortex-M7: 8 * C bytes for such a filter, else 0. The result is the same without it. */
 bnn_status_t bnn_conv2d_s8(const bnn_context_t *ctx, const bnn_conv_params_t *params,
                            const bnn_output_t *output, const bnn_dims_t *in_dims,
                            const int8_t *in, const bnn_dims_t *filter_dims, const int8_t *filter,

@@ -196,17 +196,17 @@ typedef struct {
     int8_t *y;         /* 16: the current channel's output at the block's first pixel */
     int32_t oc;        /* 20: out_c, the pixel stride of the output */
     int8_t *y_end;     /* 24: y past the last channel */
-    const void *c0;    /* 28: TFLite bias (int32), affine a_mult (int32), per channel */
+    const void *c0;    /* 28: TFLite bias (int32), affine a_mult (int32), per channel; in
+                        * bnn_x4_tab8_*: where the unrolled MACs start (BNN_X4A_MACS8) */
     const void *c1;    /* 32: TFLite q_mult (int32), affine a_offset (int64) */
     const void *c2;    /* 36: TFLite q_shift (int32), affine a_shift (int8) */
     int32_t zp2p1;     /* 40: TFLite 2 * out_zero_point + 1 (bnn_tflite_fast_c's factor) */
     const int32_t *tab; /* 44: bnn_x4_tab_*: the current channel's constants (bnn_x4_table) */
-    uintptr_t entry;   /* 48: bnn_x4_tab8_*: where the unrolled MACs start (BNN_X4A_MACS8) */
 } bnn_x4_state_t;
 /* the offsets above are the assembly's: a build where they differ fails here */
-typedef char bnn_x4_state_layout_ok[(offsetof(bnn_x4_state_t, zp2p1) == 40 &&
-                                     offsetof(bnn_x4_state_t, tab) == 44 &&
-                                     offsetof(bnn_x4_state_t, entry) == 48)
+typedef char bnn_x4_state_layout_ok[(offsetof(bnn_x4_state_t, c0) == 28 &&
+                                     offsetof(bnn_x4_state_t, zp2p1) == 40 &&
+                                     offsetof(bnn_x4_state_t, tab) == 44)
                                         ? 1
                                         : -1];
 
@@ -252,9 +252,10 @@ typedef char bnn_x4_state_layout_ok[(offsetof(bnn_x4_state_t, zp2p1) == 40 &&
     "ldr     r7, [lr, #" off "]\n\t"                                                            \
     load "   " reg ", [r7], #" step "\n\t"                                                      \
     "str     r7, [lr, #" off "]\n\t"
-/* bnn_tflite_fast of the sum x stored at addr: mult r4, e r5, c r6; r12 scratch */
+/* bnn_tflite_fast of the sum stored at addr, from x = 2 (acc + bias) (the inputs expanded
+ * doubled, bnn_x4_expand, and the sums started at twice the bias): mult r4, e r5, c r6; r12
+ * scratch */
 #define BNN_X4A_TFLITE_STEP(x, addr)                                                           \
-    "add     " x ", " x ", " x "\n\t"                                                            \
     "smmlar  r12, " x ", r4, r6\n\t"                                                            \
     "add     r12, r12, " x ", asr #31\n\t"                                                      \
     "asr     r12, r12, r5\n\t"                                                                  \
@@ -305,18 +306,18 @@ typedef char bnn_x4_state_layout_ok[(offsetof(bnn_x4_state_t, zp2p1) == 40 &&
 /* The most groups of 4 input channels the unrolled MACs of bnn_x4_tab8_* take. */
 #define BNN_X4_UNROLL 8
 /* A channel's sums, unrolled: BNN_X4_UNROLL groups, entered at the first of the last `groups`
- * of them (the address st->entry, 52 bytes per group: every instruction is 32 bits wide,
+ * of them (the address in st->c0's word, 52 bytes per group: every instruction is 32 bits wide,
  * which the assembler checks), from x = xb (r10). */
 #define BNN_X4A_MACS8                                                                          \
     "ldr     r10, [lr, #0]\n\t"                                                                 \
-    "ldr     pc, [lr, #48]\n"                                                                    \
+    "ldr     pc, [lr, #28]\n"                                                                    \
     "21:\n\t" BNN_X4A_GROUP BNN_X4A_GROUP BNN_X4A_GROUP BNN_X4A_GROUP BNN_X4A_GROUP             \
     BNN_X4A_GROUP BNN_X4A_GROUP BNN_X4A_GROUP                                                  \
     "20:\n\t"                                                                                    \
     ".if 20b - 21b != 52 * 8\n\t"                                                               \
     ".error \"bnn_x4_tab8: a group is not 52 bytes\"\n\t"                                       \
     ".endif\n\t"
-/* bnn_x4_tab8_*'s start: st->entry = 20f - 52 * groups (groups from xlim - xb = 32 * groups -
+/* bnn_x4_tab8_*'s start: st->c0's word = 20f - 52 * groups (groups from xlim - xb = 32 * groups -
  * 64), with the Thumb bit, for LDR PC. */
 #define BNN_X4A_ENTRY8                                                                         \
     "ldrd    r10, r12, [lr, #0]\n\t"                                                             \
@@ -327,9 +328,9 @@ typedef char bnn_x4_state_layout_ok[(offsetof(bnn_x4_state_t, zp2p1) == 40 &&
     "adr     r9, 20f\n\t"                                                                        \
     "sub     r9, r9, r7\n\t"                                                                     \
     "orr     r9, r9, #1\n\t"                                                                     \
-    "str     r9, [lr, #48]\n"
+    "str     r9, [lr, #28]\n"
 
-/* The channels' start: TFLite sums from the bias (the table's word 3), affine from 0. */
+/* The channels' start: TFLite sums from twice the bias (the table's word 3), affine from 0. */
 #define BNN_X4A_TAB_INIT_TFLITE                                                                \
     "ldr     r7, [lr, #44]\n\t"                                                                  \
     "ldr     r0, [r7, #12]\n\t"                                                                  \
@@ -392,7 +393,8 @@ BNN_NOINLINE void bnn_x4_table_tflite(const int32_t *bias, const int32_t *mult,
 {
     int32_t o;
     for (o = 0; o < n; ++o, tab += BNN_X4_TAB_WORDS) {
-        bnn_tflite_fast_words(mult[o], shift[o], zp, bias[o], tab);
+        /* twice the bias (within int32: bnn_tflite_bias_ok), as the sums are doubled */
+        bnn_tflite_fast_words(mult[o], shift[o], zp, 2 * bias[o], tab);
     }
 }
 BNN_NOINLINE void bnn_x4_table_affine(const int32_t *mult, const int64_t *offset,
@@ -459,6 +461,7 @@ BNN_ALWAYS_INLINE void bnn_x4_asm(bnn_out_kind_t kind, const bnn_output_t *outpu
         st->c2 = output->q_shift + o_begin;
         __asm__ volatile(
             BNN_X4A_ENTER BNN_X4A_NEXT("ldr", "r0", "28", "4")
+            "add     r0, r0, r0\n\t" /* twice the bias: the sums are doubled */
             "mov     r1, r0\n\t"
             "mov     r2, r0\n\t"
             "mov     r3, r0\n\t" BNN_X4A_MACS BNN_X4A_NEXT("ldr", "r4", "32", "4")
@@ -641,6 +644,29 @@ BNN_ALWAYS_INLINE void bnn_conv_x4_channels(bnn_out_kind_t kind, const bnn_outpu
 }
 #undef BNN_X4_GROUP
 
+/* One pixel's `groups` groups of 4 int8 inputs at src expanded for the 4-pixel blocks into
+ * dst (words 0 and 1 of every 8): x - zp as int16 pairs by SXTAB16 and SXTAB16 ror 8 onto neg
+ * (-zp in both halfwords); with dbl, for the TFLite assembly, whose sums are doubled, 2 (x -
+ * zp) by a second SXTAB16 onto x - 2 zp (neg then -2 zp; within int16 either way). */
+BNN_ALWAYS_INLINE void bnn_x4_expand(int32_t *dst, const int8_t *src, int32_t groups,
+                                     int32_t neg, int dbl)
+{
+    int32_t g, v;
+    if (dbl) {
+        for (g = 0; g < groups; ++g, src += 4, dst += 8) {
+            memcpy(&v, src, 4);
+            dst[0] = __sxtab16(__sxtab16(neg, v), v);
+            dst[1] = bnn_sxtab16_ror8(bnn_sxtab16_ror8(neg, v), v);
+        }
+        return;
+    }
+    for (g = 0; g < groups; ++g, src += 4, dst += 8) {
+        memcpy(&v, src, 4);
+        dst[0] = __sxtab16(neg, v);
+        dst[1] = bnn_sxtab16_ror8(neg, v);
+    }
+}
+
 /* Pointwise convolution in blocks of 4 output pixels, Cortex-M7, for C a multiple of 4 up to
  * BNN_PW_XBUF / 2: the 4 pixels' inputs are expanded once into `xb`, then
  * bnn_conv_x4_channels. Returns the first pixel not done (npix rounded down to a multiple of
@@ -651,10 +677,12 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
                                          int32_t npix, int32_t out_w, int32_t out_c, void *out,
                                          int32_t *xb, int32_t words, bnn_x4_state_t *st)
 {
-    const int32_t neg_zp = bnn_neg_zp_pair(params->input_zero_point);
     const int32_t groups = in_c / 4;
     const int32_t acc_max = bnn_acc_max(in_c);
     const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c, acc_max);
+    /* the TFLite assembly takes doubled sums (BNN_X4A_TFLITE_STEP) */
+    const int dbl = use_asm && kind == BNN_OUT_TFLITE;
+    const int32_t neg_zp = bnn_neg_zp_pair((dbl ? 2 : 1) * params->input_zero_point);
     const int full = bnn_int8_fast(kind, output, out_c, acc_max);
     /* the channels whose constants fit in xb after the expanded inputs (bnn_x4_table); taken
      * in chunks of that many, each chunk expanding the inputs again, where that costs less
@@ -676,16 +704,10 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_par
         }
 #endif
         for (pix = 0; pix + 4 <= npix; pix += 4) {
-            int32_t g, p;
+            int32_t p;
             for (p = 0; p < 4; ++p) {
-                const int8_t *src = bnn_pw_pixel(params, in, in_w, in_c, out_w, pix + p);
-                int32_t *dst = xb + 2 * p;
-                for (g = 0; g < groups; ++g, src += 4, dst += 8) {
-                    int32_t v;
-                    memcpy(&v, src, 4);
-                    dst[0] = __sxtab16(neg_zp, v);
-                    dst[1] = bnn_sxtab16_ror8(neg_zp, v);
-                }
+                bnn_x4_expand(xb + 2 * p, bnn_pw_pixel(params, in, in_w, in_c, out_w, pix + p),
+                              groups, neg_zp, dbl);
             }
             bnn_conv_x4_channels(kind, output, xb, groups, filter + (size_t)o0 * (size_t)in_c,
                                  in_c, o0, o1, pix, out_c, out, use_asm, full, table ? tab : NULL,
@@ -938,8 +960,7 @@ BNN_ALWAYS_INLINE void bnn_patch_gather(const bnn_conv_params_t *params, const i
 /* Convolution of a small window (at most BNN_PATCH4_MAX taps) in blocks of 4 output pixels,
  * Cortex-M7: each pixel's window is gathered as bytes (bnn_patch_gather; the taps that pad it
  * to whole groups of 4 are the zero point), expanded into `xb` as int16 minus the zero point
- * (SXTAB16 and SXTAB16 ror 8 onto -zp), then bnn_conv_x4_channels with the filters' stride
- * `taps`.
+ * (bnn_x4_expand), then bnn_conv_x4_channels with the filters' stride `taps`.
  * The last filter's partial group would be read past the array: that channel reads a copy
  * padded with zeros. Returns the first pixel not done. */
 BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_params_t *params,
@@ -952,7 +973,6 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
     const int32_t taps = kh * kw * in_c;
     const int32_t groups = (taps + 3) / 4;
     const int32_t zp = params->input_zero_point;
-    const int32_t neg_zp = bnn_neg_zp_pair(zp); /* -zp in both halfwords, for SXTAB16 */
     const int8_t *const last_filter = filter + (size_t)(out_c - 1) * (size_t)taps;
     const int32_t split = taps % 4 != 0 ? out_c - 1 : out_c; /* channels read in place */
     int8_t *const raw = (int8_t *)(xb + 8 * groups);        /* 4 * groups bytes */
@@ -961,6 +981,9 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
     const int32_t acc_max = bnn_acc_max(taps);
     const int use_asm = BNN_X4_ASM && bnn_fast_stores_ok(kind, output, out_c, acc_max);
     const int full = bnn_int8_fast(kind, output, out_c, acc_max);
+    /* the TFLite assembly takes doubled sums (BNN_X4A_TFLITE_STEP) */
+    const int dbl = use_asm && kind == BNN_OUT_TFLITE;
+    const int32_t neg_zp = bnn_neg_zp_pair((dbl ? 2 : 1) * zp); /* for bnn_x4_expand */
     const int table =
         use_asm && (BNN_PW_XBUF - 10 * groups) / BNN_X4_TAB_WORDS >= out_c;
     int32_t pix, k;
@@ -974,20 +997,14 @@ BNN_ALWAYS_INLINE int32_t bnn_conv_patch_x4(bnn_out_kind_t kind, const bnn_conv_
         last[k] = 0;
     }
     for (pix = 0; pix + 4 <= npix; pix += 4) {
-        int32_t p, g;
+        int32_t p;
         for (p = 0; p < 4; ++p) {
             const int32_t oy = (pix + p) / out_w;
-            int32_t *dst = xb + 2 * p;
             bnn_patch_gather(params, in, in_h, in_w, in_c, kh, kw, oy, pix + p - oy * out_w, raw);
             for (k = taps; k < 4 * groups; ++k) {
                 raw[k] = (int8_t)zp; /* 0 once the zero point is off */
             }
-            for (g = 0; g < groups; ++g, dst += 8) {
-                int32_t v;
-                memcpy(&v, raw + 4 * g, 4);
-                dst[0] = __sxtab16(neg_zp, v);
-                dst[1] = bnn_sxtab16_ror8(neg_zp, v);
-            }
+            bnn_x4_expand(xb + 2 * p, raw, groups, neg_zp, dbl);
         }
         bnn_conv_x4_channels(kind, output, xb, groups, filter, taps, 0, split, pix, out_c, out,
                              use_asm, full, table ? tab : NULL, st);
