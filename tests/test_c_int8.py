@@ -794,6 +794,46 @@ def test_conv2d_x4_assembly(backend: Any, case: tuple[Geo, int, int, int], kind:
         assert ran == [X4_TABLE[variant] and not unrolled, X4_TABLE[variant] and unrolled]
 
 
+@pytest.mark.parametrize("op", ["Conv2D", "DepthwiseConv2D"])
+def test_tflite_bias_past_the_fast_bound(backend: Any, op: str) -> None:
+    """A TFLite call whose every channel would take the M7's fast store but for two biases that
+    let acc + bias pass 2^30 (the fast store doubles it: bnn_tflite_bias_ok): the C store for
+    them, the reference's values (saturated there). On the M7 build the conv's 4-pixel table
+    loop (all channels or none) does not run; the depthwise assembly loop runs for the groups
+    of 4 channels without them (two of four)."""
+    c = 16
+    rng = np.random.default_rng(77)
+    geo = Geo(4, 6, 1, 1) if op == "Conv2D" else Geo(5, 6, 3, 3, padding="same")
+    x = _int8(rng, (1, geo.h, geo.w, c))
+    w = _int8(rng, (c, 1, 1, c)) if op == "Conv2D" else _int8(rng, (1, 3, 3, c))
+    k_len = c if op == "Conv2D" else 9
+    mac = _tflite_output(rng, c, k_len, 5, "none", fast_only=True)
+    mac.struct.fields["bias"][[0, 9]] = [2**30 + 5_000, -(2**30) - 5_000]
+    out_shape = (1, *geo.out_hw(), c)
+    attrs = {**geo.attrs(), **({"depth_multiplier": 1} if op != "Conv2D" else {})}
+    expected = _mac_case(op, x, 3, w, 3 if op != "Conv2D" else 0, out_shape, mac, attrs)
+    assert set(expected[..., 0].ravel()) == {127} and set(expected[..., 9].ravel()) == {-128}
+    assert len(np.unique(expected)) > 20
+    loops = ("bnn_x4_tab_tflite", "bnn_x4_tab8_tflite")
+    profiled = loops[0] in getattr(getattr(backend, "image", None), "functions", {})
+    options = {"profile": True} if profiled else {}
+    if op == "Conv2D":
+        _conv_and_check(backend, geo, 3, mac, x, w, expected, **options)
+    else:
+        out = _sentinel(out_shape, np.int8)
+        status = _call_depthwise(backend, geo, 3, 1, mac, x, w, out_shape, x, out, **options)
+        assert status == BNN_OK
+        _assert_same(out, expected)
+    if profiled and op == "Conv2D":
+        assert not any(backend.last_profile.get(f, 0) for f in loops)
+    elif profiled:  # about half of what it runs with both biases back within the bound
+        ran = backend.last_profile.get("bnn_dw3_asm", 0)
+        mac.struct.fields["bias"][[0, 9]] = [2**20, -(2**20)]
+        status = _call_depthwise(backend, geo, 3, 1, mac, x, w, out_shape, x, out, **options)
+        assert status == BNN_OK and ran > 0
+        assert 0.4 < ran / backend.last_profile.get("bnn_dw3_asm", 0) < 0.6  # 2 of 4 groups
+
+
 # 3x3 depthwise geometries for the M7's assembly loop, which reads a window one row or column
 # outside the input one row or column further in (weights 0 for the taps outside): (geometry,
 # channels, input zero point)
@@ -1019,6 +1059,7 @@ ADD_TFLITE_EXTREMES = [
     (-3, 9, 20, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -22), 127, (-128, 127)),
     (-3, 9, 20, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -21), -128, (-128, 127)),
     (-3, 9, 20, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -23), 0, (-128, 127)),
+    (-3, 9, 24, (2**31 - 1, 0), (2**30, -3), (2**31 - 1, -22), 0, (-128, 127)),  # sums past 2^30
 ]
 
 
