@@ -43,8 +43,10 @@ from bnncube.validation.kernel_calls import run_graph_c  # noqa: E402
 # 23.95 M and 37.76 M (this graph keeps its Adds separate: the generated code's fused binary
 # conv + Add, also in assembly now, is not counted here). Sixth (the 3x3 depthwise's border
 # windows in its assembly loop, Dense 4 channels per pass, the 4-pixel loop's constants from a
-# table, and one helper for the fast stores' words): 23.20 M and 34.06 M.
-BUDGETS = {"hybrid": 23_670_000, "mnv2_i8": 34_730_000}
+# table, and one helper for the fast stores' words): 23.20 M and 34.06 M. Seventh (the TFLite
+# store in 5 or 6 instructions, the deep pointwise layers in scratch, the 4-pixel loop unrolled
+# for up to 8 groups): 22.86 M and 29.70 M; mnv2_i8's budget is issue 8's target, 30 M.
+BUDGETS = {"hybrid": 23_320_000, "mnv2_i8": 30_000_000}
 
 
 @pytest.fixture(scope="module", params=["host", "m7"])

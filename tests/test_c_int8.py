@@ -677,7 +677,7 @@ def _affine_exact_output(m: np.ndarray, b: np.ndarray, acc_bound: int) -> MacOut
 def test_affine_ties(backend: Any, depth: int) -> None:
     """QKeras without BatchNorm: power-of-two multipliers and (half-)integer offsets are exact,
     so many results are ties, which round half to even (a 1x1 conv of every int8 value). Depth
-    4 takes the M7's 4-pixel path and, for the shifts >= 32, its 7-instruction store: the
+    4 takes the M7's 4-pixel path and, for the shifts >= 32, its 6-instruction store: the
     other 3 input channels hold the zero point, so the sums are those of depth 1."""
     rng = np.random.default_rng(12)
     x = np.full((1, 16, 16, depth), 3, np.int8)
@@ -910,7 +910,7 @@ def test_depthwise_asm_windows(backend: Any, case: tuple[Geo, int, int], kind: s
 
 def test_depthwise_affine_ties(backend: Any) -> None:
     """The 3x3 depthwise path's affine stores on ties: power-of-two multipliers (shifts 32 ..
-    36, so that the M7 takes its 7-instruction store for both groups of 4 channels) and
+    36, so that the M7 takes its 6-instruction store for both groups of 4 channels) and
     (half-)integer offsets; the ties round half to even."""
     rng = np.random.default_rng(13)
     c = 8

@@ -31,10 +31,12 @@ pytestmark = [
     ),
 ]
 
-# instructions per inference: 21.93 M measured (87.17 M before issue 8's kernel work, 49.18 M
+# instructions per inference: 21.59 M measured (87.17 M before issue 8's kernel work, 49.18 M
 # after its first step, 35.30 M after its second, 32.41 M after its third, 28.10 M after its
-# fourth, 22.68 M after its fifth); 2% for compiler differences
-HYBRID_BUDGET = 22.37e6
+# fourth, 22.68 M after its fifth, 21.93 M after its sixth); 2% for compiler differences
+HYBRID_BUDGET = 22.02e6
+# mnv2_i8: 29.71 M measured after issue 8's seventh session; the budget is issue 8's target
+MNV2_BUDGET = 30.0e6
 
 
 def _require_unicorn() -> None:
@@ -113,7 +115,7 @@ def test_mnv2_i8_unicorn(mnv2_i8_tflite: Path, tmp_path: Path, record_property: 
     assert m["vs_original"]["rmse"] == 0.0  # equal to the TFLite interpreter too
     t = report["target"]
     record_property("mnv2_i8_instructions", t["instructions"]["per_inference"])
-    assert t["instructions"]["mean"] < 250e6
+    assert 25e6 < t["instructions"]["mean"] < MNV2_BUDGET  # a real count, within budget
     assert t["flash_bytes"] > t["weights_bytes"] and t["ram_bytes"] >= t["arena_bytes"]
     assert "vs paper Table 3 (mnv2_i8)" in text
 

@@ -267,8 +267,7 @@ typedef char bnn_x4_state_layout_ok[(offsetof(bnn_x4_state_t, c0) == 28 &&
     "mov     r12, r6\n\t"                                                                       \
     "smlal   r7, r12, " x ", r4\n\t"                                                            \
     "asr     " x ", r12, r8\n\t"                                                                \
-    "cmp     r7, #0\n\t"                                                                        \
-    "bne     " label "f\n\t"                                                                    \
+    "cbnz    r7, " label "f\n\t" /* the low word 0: maybe a tie */                             \
     "rsb     r7, r8, #32\n\t"                                                                   \
     "lsls    r7, r12, r7\n\t"                                                                   \
     "it      eq\n\t"                                                                            \

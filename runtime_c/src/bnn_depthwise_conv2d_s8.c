@@ -140,8 +140,7 @@ typedef char bnn_dw3_state_layout_ok[(offsetof(bnn_dw3_state_t, p) == 80 &&
     "ldmia   r12!, {r4, r5, r6, r8}\n\t"                                                        \
     "smlal   r5, r6, " acc ", r4\n\t"                                                           \
     "asr     " acc ", r6, r8\n\t"                                                               \
-    "cmp     r5, #0\n\t"                                                                        \
-    "bne     1f\n\t"                                                                            \
+    "cbnz    r5, 1f\n\t" /* the low word 0: maybe a tie */                                     \
     "rsb     r5, r8, #32\n\t"                                                                   \
     "lsls    r5, r6, r5\n\t"                                                                    \
     "it      eq\n\t"                                                                            \

@@ -274,10 +274,10 @@ BNN_ALWAYS_INLINE int32_t bnn_affine(int32_t acc, int32_t mult, int64_t offset, 
     return bnn_round_ready_clamp(bnn_smlal(offset, acc, mult), shift, lo, hi);
 }
 
-/* bnn_affine for the usual channel in 7 instructions (Cortex-M7, optimized builds): shift >= 32
+/* bnn_affine for the usual channel in 6 instructions (Cortex-M7, optimized builds): shift >= 32
  * and the full int8 range (act_min -128, act_max 127). The sum u = acc * mult + offset by
  * SMLAL; q = the high word shifted right by k = shift - 32 (bnn_round_ready_clamp); at an exact
- * tie (low word 0, then the low k bits of the high word 0: rare, a branch) an odd q loses its
+ * tie (low word 0, by CBNZ, then the low k bits of the high word 0: rare) an odd q loses its
  * low bit, which is q - 1; SSAT clamps to int8. */
 #if BNN_USE_DSP && defined(__GNUC__) && defined(__OPTIMIZE__)
 #define BNN_AFFINE_FAST 1
@@ -288,15 +288,14 @@ BNN_ALWAYS_INLINE int32_t bnn_affine_fast(int32_t acc, int32_t mult, int64_t off
             "mov   %[hi], %R[off]\n\t"
             "smlal %[lo], %[hi], %[x], %[m]\n\t"
             "asr   %[x], %[hi], %[k]\n\t"
-            "cmp   %[lo], #0\n\t"
-            "bne   1f\n\t"
+            "cbnz  %[lo], 1f\n\t" /* the low word 0: maybe a tie (lo: a low register) */
             "rsb   %[lo], %[k], #32\n\t"
             "lsls  %[lo], %[hi], %[lo]\n\t" /* the low k bits of hi (k = 0: none, 0) */
             "it    eq\n\t"
             "biceq %[x], %[x], #1\n"
             "1:\n\t"
             "ssat  %[x], #8, %[x]\n\t"
-            : [lo] "=&r"(lo), [hi] "=&r"(hi), [x] "+r"(acc)
+            : [lo] "=&l"(lo), [hi] "=&r"(hi), [x] "+r"(acc)
             : [m] "r"(mult), [off] "r"(offset), [k] "r"(k)
             : "cc");
     return acc;
