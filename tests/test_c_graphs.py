@@ -45,8 +45,9 @@ from bnncube.validation.kernel_calls import run_graph_c  # noqa: E402
 # windows in its assembly loop, Dense 4 channels per pass, the 4-pixel loop's constants from a
 # table, and one helper for the fast stores' words): 23.20 M and 34.06 M. Seventh (the TFLite
 # store in 5 or 6 instructions, the deep pointwise layers in scratch, the 4-pixel loop unrolled
-# for up to 8 groups): 22.86 M and 29.70 M; mnv2_i8's budget is issue 8's target, 30 M.
-BUDGETS = {"hybrid": 23_320_000, "mnv2_i8": 30_000_000}
+# for up to 8 groups, the affine store's tie test by CBNZ): 22.64 M and 29.70 M; mnv2_i8's
+# budget is issue 8's target, 30 M.
+BUDGETS = {"hybrid": 23_090_000, "mnv2_i8": 30_000_000}
 
 
 @pytest.fixture(scope="module", params=["host", "m7"])
