@@ -667,8 +667,8 @@ BNN_ALWAYS_INLINE void bnn_x4_expand(int32_t *dst, const int8_t *src, int32_t gr
 }
 
 /* Pointwise convolution in blocks of 4 output pixels, Cortex-M7, for C a multiple of 4 up to
- * BNN_PW_XBUF / 2: the 4 pixels' inputs are expanded once into `xb`, then
- * bnn_conv_x4_channels. Returns the first pixel not done (npix rounded down to a multiple of
+ * words / 2 (xb: the 1 KB stack buffer or the scratch): the 4 pixels' inputs are expanded once
+ * into `xb` (bnn_x4_expand), then bnn_conv_x4_channels. Returns the first pixel not done (npix rounded down to a multiple of
  * 4). */
 BNN_ALWAYS_INLINE int32_t bnn_conv_1x1x4(bnn_out_kind_t kind, const bnn_conv_params_t *params,
                                          const bnn_output_t *output, const int8_t *in,
