@@ -478,11 +478,18 @@ BNN_ALWAYS_INLINE int32_t bnn_acc_max(int64_t taps)
     return taps < (int64_t)1 << 15 ? (int32_t)(taps * 128 * 255) : (int32_t)1 << 30;
 }
 
+/* The largest |bias| for which acc + bias stays within (-2^30, 2^30) when |acc| <= acc_max
+ * (negative: none). */
+BNN_ALWAYS_INLINE int32_t bnn_tflite_bias_lim(int32_t acc_max)
+{
+    return ((int32_t)1 << 30) - 1 - acc_max;
+}
+
 /* Whether acc + bias stays within (-2^30, 2^30) for every channel (bias NULL: 0) when |acc| <=
  * acc_max: the precondition of bnn_tflite_fast. */
 BNN_ALWAYS_INLINE int bnn_tflite_bias_ok(const int32_t *bias, int32_t n, int32_t acc_max)
 {
-    const int32_t lim = ((int32_t)1 << 30) - 1 - acc_max;
+    const int32_t lim = bnn_tflite_bias_lim(acc_max);
     int32_t o;
     if (lim < 0) {
         return 0;
@@ -600,13 +607,14 @@ BNN_ALWAYS_INLINE int bnn_fast_stores_ok(bnn_out_kind_t kind, const bnn_output_t
         return 0;
     }
     if (kind == BNN_OUT_TFLITE) {
-        if (output->bias == NULL || output->q_single_rounding ||
-            !bnn_tflite_bias_ok(output->bias, out_c, acc_max)) {
+        const int32_t lim = bnn_tflite_bias_lim(acc_max); /* (one loop for both checks) */
+        if (output->bias == NULL || output->q_single_rounding || lim < 0) {
             return 0;
         }
         for (o = 0; o < out_c; ++o) {
             if (!bnn_tflite_fast_ok(output->q_mult[o], output->q_shift[o],
-                                    output->out_zero_point)) {
+                                    output->out_zero_point) ||
+                output->bias[o] > lim || output->bias[o] < -lim) {
                 return 0;
             }
         }
