@@ -340,32 +340,54 @@ def call_bconv(
     out_dims: Any = "default",
     x: Any = "default",
     w: Any = "default",
+    ctx: Any = None,
 ) -> int:
     """bnn_bconv2d on a case; any argument can be replaced (None passes NULL)."""
     args = call_args(case, data)
-    given = (params, output, in_dims, x, filter_dims, w, out_dims)
-    for i, value in enumerate(given, start=1):
+    given = (ctx, params, output, in_dims, x, filter_dims, w, out_dims)
+    for i, value in enumerate(given):
         if not isinstance(value, str):
             args[i] = value
     args.append(out)
     return int(backend.call("bnn_bconv2d", *args))
 
 
-def run_case(backend: Any, case: Case) -> None:
-    data = case_data(case)
-    out = out_buffer(case)
-    status = call_bconv(backend, case, data, out)
-    assert status == BNN_OK, case
-    n = data.expected.size
-    got = out[:n].reshape(data.expected.shape)
-    assert np.array_equal(got, data.expected), f"{case}\nC:   {got.ravel()[:40]}\nref: " + str(
-        data.expected.ravel()[:40]
+def scratch_bytes(backend: Any, case: Case) -> int:
+    """bnn_bconv2d_scratch_size for a case, checked against the generator's Python mirror."""
+    from bnncube.validation.kernel_calls import bconv2d_scratch_bytes
+
+    x_shape, w_shape = (1, case.h, case.w, case.c), (case.o, case.kh, case.kw, case.c)
+    oh, ow = case.out_hw
+    size = backend.int_function(
+        "bnn_bconv2d_scratch_size", dims(*x_shape), dims(*w_shape), dims(1, oh, ow, case.o)
     )
-    guard = out[n:]
-    if case.kind == "float":
-        assert np.all(np.isnan(guard)), f"{case}: wrote past the output"
-    else:
-        assert np.all(guard == out_buffer(case)[n:]), f"{case}: wrote past the output"
+    assert size == bconv2d_scratch_bytes(x_shape, w_shape, (1, oh, ow, case.o)), case
+    return int(size)
+
+
+def scratch_ctx(size: int) -> Struct:
+    return Struct("bnn_context_t", buf=np.zeros(size, np.uint8), size=size)
+
+
+def run_case(backend: Any, case: Case) -> None:
+    """The case without a scratch, and with the one bnn_bconv2d_scratch_size asks for."""
+    data = case_data(case)
+    size = scratch_bytes(backend, case)
+    for ctx in [None, scratch_ctx(size)] if size > 0 else [None]:
+        out = out_buffer(case)
+        status = call_bconv(backend, case, data, out, ctx=ctx)
+        assert status == BNN_OK, case
+        n = data.expected.size
+        got = out[:n].reshape(data.expected.shape)
+        assert np.array_equal(got, data.expected), (
+            f"{case} scratch {ctx is not None}\nC:   {got.ravel()[:40]}\nref: "
+            + str(data.expected.ravel()[:40])
+        )
+        guard = out[n:]
+        if case.kind == "float":
+            assert np.all(np.isnan(guard)), f"{case}: wrote past the output"
+        else:
+            assert np.all(guard == out_buffer(case)[n:]), f"{case}: wrote past the output"
 
 
 # --------------------------------------------------------------------------------------------
@@ -970,3 +992,247 @@ def test_bconv_add_bad_arguments(backend: Any, what: str) -> None:
     status = backend.call("bnn_bconv2d_add", *args[:3], add, *args[3:8], res, out)
     assert status == BNN_ERROR_ARGUMENT
     assert np.all(out == 0x5A)
+
+
+# --------------------------------------------------------------------------------------------
+# binary Conv2D: the scratch path (bnn_bconv2d_scratch_size; on the Cortex-M7 the filters
+# reordered once per call and the int8 store, and the plain-sum Add, in the counting loop)
+# --------------------------------------------------------------------------------------------
+
+# the assembly loops of the scratch path (PAIR9: C <= 16 and 3x3; RUN: a window of <= 36 words)
+SCRATCH_LOOPS = ("bnn_bconv2d_scr_p9", "bnn_bconv2d_scr_run")
+
+
+def _loops_ran(backend: Any) -> int:
+    """Instructions the scratch path's assembly loops ran in the last profiled call."""
+    return sum(n for f, n in backend.last_profile.items() if f.startswith(SCRATCH_LOOPS))
+
+
+def _profiled(backend: Any) -> bool:
+    """Whether the backend is the Cortex-M7 build with the scratch path's assembly."""
+    return "bnn_bconv2d_scr_p9" in getattr(getattr(backend, "image", None), "functions", {})
+
+
+def _count_form_constants(
+    o: int, k_all: int, rng: np.random.Generator, *, bad: str = ""
+) -> tuple[tuple[str, np.ndarray, str], ...]:
+    """Affine constants whose every channel has the scratch path's count form (shift 2..32,
+    M != INT32_MIN, 2K * 2^(32 - shift) < 2^31, (+-K * M + offset) * 2^(32 - shift) within
+    int64): usual channels over the int8 range, exact ties, and the edges (the smallest shift
+    K allows, shift 32 with the int32 ends of M, offsets at the int64 bound). ``bad`` makes one
+    channel miss the form (the whole call then takes the other paths)."""
+    mult, shift, offset = (
+        np.asarray(v)
+        for v in affine_constants(
+            rng.choice([-1.0, 1.0], size=o) * rng.uniform(0.3, 6.0, o) * 40.0 / np.sqrt(k_all),
+            rng.uniform(-60.0, 60.0, size=o),
+            k_all,
+            "test",
+        )
+    )
+    mult, shift, offset = mult.astype(np.int32), shift.astype(np.int8), offset.astype(np.int64)
+    s_min = k_all.bit_length() + 2  # the smallest shift with 2K * 2^(32 - s) < 2^31
+    for ch in range(o):
+        if ch % 4 == 1:  # a tie on every other accumulator: t / 2^s = acc / 4 + k / 2
+            s = int(rng.integers(max(s_min, 2), 33))
+            shift[ch], mult[ch] = s, 1 << (s - 2)
+            offset[ch] = int(rng.integers(-200, 200)) << (s - 1)
+    edges = [
+        (2**31 - 1, 32, 2**62 - 2**61),
+        (-(2**31) + 1, 32, -(2**61)),
+        (3 << (s_min - 4), s_min, -(5 << (s_min - 1))),
+        (2**31 - 1, 31, 2**62 - 1 - (k_all * (2**31 - 1)) - (1 << 30)),
+    ]
+    for ch, (mu, s, off) in enumerate(edges[:o]):
+        mult[ch], shift[ch], offset[ch] = mu, s, off
+    if bad == "shift":  # one shift below what K allows
+        shift[o - 1], mult[o - 1], offset[o - 1] = s_min - 1, 1 << (s_min - 3), 0
+    elif bad == "shift33":
+        shift[o - 1], mult[o - 1], offset[o - 1] = 33, 1 << 30, 1 << 32
+    elif bad == "int32_min":
+        mult[o - 1], shift[o - 1] = -(2**31), 32
+    elif bad == "offset":  # (K * M + offset) * 2 past int64 at shift 31
+        mult[o - 1], shift[o - 1], offset[o - 1] = 2**31 - 1, 31, 2**62 - 1 - (1 << 30)
+    # the contract: the rounding-ready offset B + 2^(S-1) within +-2^62
+    ready = [int(b) + (1 << (int(s) - 1)) for b, s in zip(offset, shift, strict=True)]
+    assert all(abs(r) < 2**62 for r in ready)
+    return (("multiplier", mult, "int32"), ("shift", shift, "int8"), ("offset", offset, "int64"))
+
+
+SCRATCH_CASES = [
+    # PAIR9: C <= 16, 3x3 (the hybrid's res1: 16 -> 24)
+    Case(9, 10, 16, 24, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine"),
+    Case(9, 10, 16, 24, 3, 3, (1, 1), (1, 1, 1, 1), 1, "affine"),
+    Case(8, 7, 9, 7, 3, 3, (2, 2), (0, 1, 1, 1), 0, "affine"),  # odd O, stride 2, split pads
+    Case(6, 6, 16, 2, 3, 3, (1, 2), (2, 0, 0, 2), 0, "affine"),  # O = 2, pads on one side
+    Case(5, 5, 1, 3, 3, 3, (1, 1), (0, 0, 0, 0), 0, "affine"),  # valid: no border
+    Case(6, 5, 16, 6, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine", fill="disagree"),
+    Case(6, 5, 16, 6, 3, 3, (1, 1), (1, 1, 1, 1), 1, "affine", fill="agree"),
+    # RUN: windows of 9 (C = 24), 18 (64), 27 (96), 30 (1x3, C = 320) and 36 words (3x3 x 128,
+    # the hybrid's res5; 1x3 x 384, every product -1: the largest counts), 1x1 and 5x5
+    Case(7, 6, 24, 24, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine"),
+    Case(8, 8, 64, 64, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine"),
+    Case(10, 10, 64, 9, 3, 3, (2, 2), (0, 1, 0, 1), 1, "affine"),
+    Case(5, 6, 96, 5, 3, 3, (1, 1), (2, 0, 1, 1), 0, "affine"),
+    Case(5, 7, 320, 4, 1, 3, (1, 1), (0, 0, 1, 1), 0, "affine", fill="disagree"),
+    Case(5, 7, 320, 5, 1, 3, (1, 1), (0, 0, 2, 0), 0, "affine"),
+    Case(4, 5, 300, 6, 1, 1, (1, 1), (0, 0, 0, 0), 0, "affine"),
+    Case(7, 6, 128, 6, 3, 3, (1, 1), (1, 1, 1, 1), 0, "affine"),
+    Case(6, 7, 384, 3, 1, 3, (1, 1), (0, 0, 1, 1), 0, "affine", fill="disagree"),
+    Case(7, 7, 16, 8, 5, 5, (1, 1), (2, 2, 2, 2), 0, "affine"),
+    Case(7, 7, 40, 3, 3, 1, (2, 1), (1, 1, 0, 0), 1, "affine", fill="agree"),
+]
+
+
+def _scratch_id(case: Case) -> str:
+    return (
+        f"{case.h}x{case.w}x{case.c}-o{case.o}-k{case.kh}x{case.kw}-s{case.stride[0]}"
+        f"{case.stride[1]}-p{''.join(map(str, case.pads))}-v{case.pad_value}-{case.fill}"
+    )
+
+
+def _scratch_case(case: Case) -> tuple[Data, tuple[tuple[str, np.ndarray, str], ...], Any]:
+    """The case's data with count-form constants, and the reference output for them."""
+    data = case_data(case)
+    rng = np.random.default_rng([11, case.h, case.w, case.c, case.o])
+    consts = _count_form_constants(case.o, case.k_all, rng)
+    return data, consts, reference_bconv(case, data.x_packed, data.w_pm1, consts)
+
+
+@pytest.mark.parametrize("case", SCRATCH_CASES, ids=_scratch_id)
+def test_bconv_scratch_path(backend: Any, case: Case) -> None:
+    """The reference's values with the scratch bnn_bconv2d_scratch_size asks for, a larger one,
+    one 4 bytes short, one not 4-byte aligned and none; on the Cortex-M7 build the assembly
+    loops run exactly when the scratch is enough (and aligned: the emulator copies it aligned)."""
+    data, consts, expected = _scratch_case(case)
+    if case.fill == "random" and case.o > 4:  # (channels 0..3 are the edges: clamped)
+        usual = expected[..., 4:]
+        assert len(np.unique(usual)) > min(20, usual.size // 4), "not mostly clamped"
+    size = scratch_bytes(backend, case)
+    assert size > 0
+    args = call_args(case, data)
+    args[2] = output_struct(case, consts)
+    profiled = _profiled(backend)
+    unaligned = np.zeros(size + 4, np.uint8)[1 : size + 1]
+    for label, ctx, fast in (
+        ("exact", scratch_ctx(size), True),
+        ("larger", scratch_ctx(size + 64), True),
+        ("short", scratch_ctx(size - 4), False),
+        ("unaligned", Struct("bnn_context_t", buf=unaligned, size=size), None),
+        ("none", None, False),
+    ):
+        out = out_buffer(case)
+        extra = {"profile": True} if profiled else {}
+        assert backend.call("bnn_bconv2d", ctx, *args[1:], out, **extra) == BNN_OK, label
+        n = expected.size
+        assert np.array_equal(out[:n].reshape(expected.shape), expected), label
+        assert np.all(out[n:] == out_buffer(case)[n:]), f"{label}: wrote past the output"
+        if profiled and fast is not None:
+            assert (_loops_ran(backend) > 0) == fast, label
+
+
+@pytest.mark.parametrize("bad", ["shift", "shift33", "int32_min", "offset"])
+def test_bconv_scratch_path_declines(backend: Any, bad: str) -> None:
+    """One channel without the count form (a shift too small for K, a shift past 32,
+    M = INT32_MIN, u past int64): the call takes the other paths, the same values."""
+    case = SCRATCH_CASES[8]
+    data = case_data(case)
+    consts = _count_form_constants(case.o, case.k_all, np.random.default_rng(5), bad=bad)
+    expected = reference_bconv(case, data.x_packed, data.w_pm1, consts)
+    args = call_args(case, data)
+    args[2] = output_struct(case, consts)
+    out = out_buffer(case)
+    profiled = _profiled(backend)
+    extra = {"profile": True} if profiled else {}
+    ctx = scratch_ctx(scratch_bytes(backend, case))
+    assert backend.call("bnn_bconv2d", ctx, *args[1:], out, **extra) == BNN_OK
+    assert np.array_equal(out[: expected.size].reshape(expected.shape), expected)
+    if profiled:
+        assert _loops_ran(backend) == 0
+    if bad == "shift":  # one more bit of shift and the same channel takes the form
+        shift = consts[1][1].copy()
+        shift[-1] += 1
+        consts = (consts[0], ("shift", shift, "int8"), consts[2])
+        expected = reference_bconv(case, data.x_packed, data.w_pm1, consts)
+        args[2] = output_struct(case, consts)
+        assert backend.call("bnn_bconv2d", ctx, *args[1:], out, **extra) == BNN_OK
+        assert np.array_equal(out[: expected.size].reshape(expected.shape), expected)
+        if profiled:
+            assert _loops_ran(backend) > 0
+
+
+def test_bconv_scratch_size_mirror(backend: Any) -> None:
+    """bnn_bconv2d_scratch_size equals the generator's Python mirror on every geometry class:
+    PAIR9, RUN up to 36 words and past it, one output channel (none), odd O."""
+    from bnncube.validation.kernel_calls import bconv2d_scratch_bytes
+
+    sizes = set()
+    for c in (1, 9, 16, 17, 24, 32, 33, 64, 96, 128, 160, 320, 330, 1152, 1153):
+        for kh, kw in ((3, 3), (1, 1), (1, 3), (3, 1), (5, 5), (7, 5)):
+            for o in (1, 2, 7, 24, 64):
+                for side in (3, 6, 9):  # output pixels against the window's words
+                    x_shape, w_shape = (1, side, side, c), (o, kh, kw, c)
+                    size = backend.int_function(
+                        "bnn_bconv2d_scratch_size",
+                        dims(*x_shape),
+                        dims(*w_shape),
+                        dims(1, side, side, o),
+                    )
+                    assert size == bconv2d_scratch_bytes(x_shape, w_shape, (1, side, side, o)), (
+                        c,
+                        kh,
+                        kw,
+                        o,
+                        side,
+                    )
+                    sizes.add(size > 0)
+    assert sizes == {True, False}
+    # the hybrid's res1 (16 -> 24, 3x3): 12 pairs of 9 filter and 8 store words, 48
+    # corrections, 24 * 9 popcounts of 16 bits; res5 (3x3 x 128 on 3x3): none
+    res1 = bconv2d_scratch_bytes((1, 48, 48, 16), (24, 3, 3, 16), (1, 48, 48, 24))
+    assert res1 == 4 * (12 * 17 + 48 + 108)
+    assert bconv2d_scratch_bytes((1, 3, 3, 128), (128, 3, 3, 128), (1, 3, 3, 128)) == 0
+    assert bconv2d_scratch_bytes((1, 6, 6, 128), (128, 3, 3, 128), (1, 6, 6, 128)) > 0
+
+
+@pytest.mark.parametrize("shift", [1, 12, 30])
+def test_bconv_add_plain_sum(backend: Any, shift: int) -> None:
+    """bnn_bconv2d_add with the scratch where the Add is the plain sum saturated (M0 = M1 =
+    2^S, offset (za + zb) * 2^S: the QKeras residual of two tensors of one scale), which the
+    Cortex-M7 adds in the counting loop (QADD8), and near misses that take the general Add
+    (offset + 1, M1 = 2^S - 1, a narrower range): the reference's values, into a separate
+    buffer and in place."""
+    from bnncube.validation.kernel_calls import _add_params, _quant
+
+    profiled = _profiled(backend)
+    for index, case in enumerate((SCRATCH_CASES[0], SCRATCH_CASES[2], SCRATCH_CASES[8])):
+        data, consts, conv_out = _scratch_case(case)
+        args = call_args(case, data)
+        args[2] = output_struct(case, consts)
+        ctx = scratch_ctx(scratch_bytes(backend, case))
+        rng = np.random.default_rng([shift, index])
+        for miss in ("", "offset", "mult", "range"):
+            g, op = _add_graph(conv_out.shape, "affine", rng, ((1, 1), shift, 0))
+            za, zb = (_quant(g.tensors[name])[1] for name in ("a", "b"))
+            m1 = (1 << shift) - (miss == "mult")
+            g.tensors[op.inputs[2]].data = np.asarray([1 << shift, m1], np.int32)
+            g.tensors[op.inputs[4]].data = np.asarray([((za + zb) << shift) + (miss == "offset")])
+            if miss == "range":
+                op.attrs["clamp"] = (-100, 127)
+            residual = rng.integers(-128, 128, conv_out.shape).astype(np.int8)
+            want = np.asarray(OPS["Add"](_Ctx(g, op, {"a": conv_out, "b": residual})))
+            if not miss:
+                wide = conv_out.astype(np.int32) + residual
+                assert np.array_equal(want, np.clip(wide, -128, 127)), "the plain sum"
+            call = [ctx, *args[1:3], _add_params(g, op), *args[3:8]]
+            n = want.size
+            out = np.full(n + GUARD, 0x5A, np.int8)
+            flat = residual.reshape(-1).copy()
+            extra = {"profile": True} if profiled else {}
+            assert backend.call("bnn_bconv2d_add", *call, flat, out, **extra) == BNN_OK
+            assert np.array_equal(out[:n].reshape(want.shape), want), (case, miss)
+            assert np.all(out[n:] == 0x5A), f"{case}: wrote past the output"
+            if profiled:
+                assert (_loops_ran(backend) > 0) == (miss == ""), (case, miss)
+            assert backend.call("bnn_bconv2d_add", *call, flat, flat) == BNN_OK
+            assert np.array_equal(flat.reshape(want.shape), want), f"{case} {miss}: in place"

@@ -56,7 +56,8 @@ def test_time_keeps_the_residual_adds(hybrid_h5: Path) -> None:
     graph = load_model(hybrid_h5)
     time = generate_code(graph, GenerateOptions(optimization="time"))
     assert not any(fused_ops(op) for op in time.graph.ops)
-    assert time.activations_bytes == 119_808
+    # res1_bconv is the peak there (docs/memory-plan.md): its scratch (1,440 B) adds to it
+    assert time.activations_bytes == 119_808 + 1_440
     assert "bnn_bconv2d" in time.kernels and "bnn_add_s8" in time.kernels
     for optimization in ("balanced", "ram"):
         result = generate_code(graph, GenerateOptions(optimization=optimization))
@@ -106,6 +107,42 @@ def test_deep_pointwise_scratch_in_the_arena(mnv2_i8_tflite: Path) -> None:
             assert entry is None
     assert code.count("= {act + ") == len(deep)
     assert result.activations_bytes == 129_024  # as without the scratch
+
+
+def test_binary_conv_scratch_in_the_arena(hybrid_h5: Path) -> None:
+    """The hybrid's binary convolutions res1 .. res4 get the scratch bnn_bconv2d_scratch_size
+    asks for as planned buffers in the arena, live during their op only, passed in the
+    generated calls' contexts (res5, 3x3 x 128 on a 3x3 output, asks for none: fewer pixels than
+    window words). They fit where the arena is free: it stays the float input's 110,592 B."""
+    from bnncube.validation.kernel_calls import bconv2d_scratch_bytes, graph_scratch
+
+    result = generate_code(load_model(hybrid_h5), GenerateOptions())
+    asked = graph_scratch(result.graph)
+    tensors = result.graph.tensors
+    binary = {
+        op.name: bconv2d_scratch_bytes(
+            tensors[op.inputs[0]].shape, tensors[op.inputs[1]].shape, tensors[op.outputs[0]].shape
+        )
+        for op in result.graph.ops
+        if op.type == "BinaryConv2D"
+    }
+    assert sorted(name.split("_")[0] for name, size in binary.items() if size > 0) == [
+        "res1",
+        "res2",
+        "res3",
+        "res4",
+    ]
+    assert asked == {name: size for name, size in binary.items() if size > 0}
+    code = result.files["network.c"]
+    for layer, op in enumerate(result.graph.ops):
+        entry = next((e for e in result.plan.entries if e.name == f"scratch:{op.name}"), None)
+        if op.name in asked:
+            assert entry is not None and (entry.first, entry.last) == (layer, layer)
+            context = f"const bnn_context_t s{layer}_0 = {{act + {entry.offset}, {entry.size}}};"
+            assert context in code
+        else:
+            assert entry is None
+    assert result.activations_bytes == 110_592
 
 
 @pytest.fixture(scope="module")

@@ -31,10 +31,11 @@ pytestmark = [
     ),
 ]
 
-# instructions per inference: 21.37 M measured (87.17 M before issue 8's kernel work, 49.18 M
+# instructions per inference: 17.27 M measured (87.17 M before issue 8's kernel work, 49.18 M
 # after its first step, 35.30 M after its second, 32.41 M after its third, 28.10 M after its
-# fourth, 22.68 M after its fifth, 21.93 M after its sixth); 2% for compiler differences
-HYBRID_BUDGET = 21.80e6
+# fourth, 22.68 M after its fifth, 21.93 M after its sixth, 21.37 M after its seventh; the
+# binary convolutions' scratch path took it here); 2% for compiler differences
+HYBRID_BUDGET = 17.62e6
 # mnv2_i8: 29.68 M measured after issue 8's seventh session; the budget is issue 8's target
 MNV2_BUDGET = 30.0e6
 
@@ -89,7 +90,7 @@ def test_hybrid_unicorn(hybrid_h5: Path, tmp_path: Path, record_property: Any) -
     record_property("hybrid_instructions", per)
     record_property("hybrid_flash_ram", (t["flash_bytes"], t["ram_bytes"]))
     assert len(per) == 2
-    assert 20e6 < t["instructions"]["mean"] < HYBRID_BUDGET  # a real count, within budget
+    assert 15e6 < t["instructions"]["mean"] < HYBRID_BUDGET  # a real count, within budget
     assert t["est_ms_480mhz"] == pytest.approx(t["instructions"]["mean"] / 480e3)
     assert t["flash_bytes"] > t["weights_bytes"] == report["weights_bytes"]
     assert t["ram_bytes"] >= t["arena_bytes"] >= report["activations_bytes"]

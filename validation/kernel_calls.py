@@ -66,11 +66,46 @@ def conv2d_scratch_bytes(in_shape: tuple[int, ...], filter_shape: tuple[int, ...
     return 0
 
 
+#: runtime_c/src/bnn_bconv2d.c BNN_BCONV2D_SCR_WORDS: the longest window of the binary
+#: convolution's scratch path, in words
+BCONV2D_SCR_WORDS = 36
+
+
+def bconv2d_scratch_bytes(
+    in_shape: tuple[int, ...], filter_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> int:
+    """``bnn_bconv2d_scratch_size`` for an NHWC input and an OHWI filter (logical channels): per
+    pair of output channels the filter words its loop reads (9 for a 3x3 filter with C <= 16,
+    else twice the window's KH * KW * ceil(C / 32) words rounded up to a multiple of 3, at most
+    :data:`BCONV2D_SCR_WORDS`) and 8 store words, then 2 * O corrections and O * KH * KW 16-bit
+    popcounts; 0 where the path does not apply, or for fewer output pixels than window words (a
+    test holds the two equal)."""
+    c, o = int(in_shape[3]), int(filter_shape[0])
+    kh, kw = int(filter_shape[1]), int(filter_shape[2])
+    limit = BCONV2D_SCR_WORDS
+    if c < 1 or kh < 1 or kw < 1 or o < 2 or kh > limit or kw > limit:
+        return 0
+    taps, nw = kh * kw, (c + 31) // 32
+    if int(out_shape[1]) * int(out_shape[2]) < taps * nw:
+        return 0
+    if nw == 1 and c <= 16 and taps == 9:
+        filter_words = 9
+    elif taps * nw <= limit:
+        filter_words = 2 * 3 * ((taps * nw + 2) // 3)
+    else:
+        return 0
+    words = (o + 1) // 2 * (filter_words + 8) + 2 * o + (o * taps + 1) // 2
+    return 4 * words if words <= (2**31 - 1) // 4 else 0
+
+
 def op_scratch_bytes(graph: Graph, op: Op) -> int:
     """The scratch bytes the kernel of ``op`` asks for (0: none)."""
+    in_shape = graph.tensors[op.inputs[0]].shape
     if op.type == "Conv2D" and graph.tensors[op.inputs[0]].dtype in ("int8", "uint8"):
-        return conv2d_scratch_bytes(
-            graph.tensors[op.inputs[0]].shape, graph.tensors[op.inputs[1]].shape
+        return conv2d_scratch_bytes(in_shape, graph.tensors[op.inputs[1]].shape)
+    if op.type == "BinaryConv2D":
+        return bconv2d_scratch_bytes(
+            in_shape, graph.tensors[op.inputs[1]].shape, graph.tensors[op.outputs[0]].shape
         )
     return 0
 
@@ -279,6 +314,9 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
     x = np.ascontiguousarray(x)
     macs = op_macc(graph, op)
     ctx = Struct("bnn_context_t")
+    scratch = op_scratch_bytes(graph, op)
+    if scratch > 0:  # the generated code passes its planned buffer in the arena instead
+        ctx = Struct("bnn_context_t", buf=np.zeros(scratch, np.uint8), size=scratch)
     if op.type in ("Conv2D", "DepthwiseConv2D"):
         if x_t.dtype not in ("int8", "uint8"):
             raise UnsupportedOp(
@@ -305,9 +343,6 @@ def kernel_call(graph: Graph, op: Op, values: dict[str, np.ndarray]) -> KernelCa
                 f"output {out_t.shape}"
             )
         fn = "bnn_conv2d_s8" if op.type == "Conv2D" else "bnn_depthwise_conv2d_s8"
-        scratch = op_scratch_bytes(graph, op)
-        if scratch > 0:  # the generated code passes its planned buffer in the arena instead
-            ctx = Struct("bnn_context_t", buf=np.zeros(scratch, np.uint8), size=scratch)
         output = output_struct(graph, op)
         # the entry point of this output transform only (the linker drops the others)
         fn += _KIND_SUFFIX[int(output.fields["kind"])]

@@ -132,6 +132,89 @@ static int32_t bnn_bconv2d_acc(int32_t counted, uint32_t differing)
     return bnn_s32_from_u32((uint32_t)counted - 2u * differing);
 }
 
+/* ---- the scratch (bnn_bconv2d_scratch_size) ---------------------------------------------- */
+
+/* With a scratch, the Cortex-M7 path counts and stores in one assembly loop (the scratch path,
+ * below). Its layout depends on the geometry only, so that the generator can plan it
+ * (validation/kernel_calls.py mirrors it); there is none for fewer output pixels than window
+ * words (too few to repay the per-call reordering: 3x3 x 128 channels on a 3x3 output). In
+ * words:
+ *  - per slot of two output channels 2p, 2p + 1 (slots = ceil(O / 2); when O is odd the last
+ *    slot's second channel is zero): the filter words the loop reads, then each channel's 4
+ *    store words (bnn_bconv2d_count_words);
+ *  - two sets of O border corrections (int32, made for the border pixels);
+ *  - the popcount of each channel's filter at each tap (uint16, O * taps; for the corrections).
+ * Two forms of filter words:
+ *  - PAIR9 (NW = 1, C <= 16, 3x3 kernel): 9 words w_2p[t] | w_2p+1[t] << 16, counted against
+ *    the window's words x | x << 16 (as bnn_bconv2d_pair_accs);
+ *  - RUN (taps * NW <= BNN_BCONV2D_SCR_WORDS): the window's taps * NW words, padded with zero
+ *    words to len (a multiple of 3); per step of 3 words, channel 2p's then channel 2p + 1's. */
+#define BNN_BCONV2D_SCR_PAIR9 1
+#define BNN_BCONV2D_SCR_RUN 2
+#define BNN_BCONV2D_SCR_WORDS 36 /* RUN: the longest window (BNN_BCONV2D_WINDOW_WORDS) */
+#define BNN_BCONV2D_SCR_STORE 4  /* store words per channel */
+
+typedef struct {
+    int32_t form;         /* 0: no scratch path for this geometry */
+    int32_t len;          /* window words the loop counts */
+    int32_t filter_words; /* per slot */
+    int32_t slot_words;   /* filter_words + 2 * BNN_BCONV2D_SCR_STORE */
+    int32_t slots;        /* ceil(O / 2) */
+    int32_t corr;         /* word offset of the corrections */
+    int32_t pop;          /* word offset of the popcounts */
+    int32_t bytes;        /* 0 if none */
+} bnn_bconv2d_scr_t;
+
+static void bnn_bconv2d_scr_layout(int32_t c, int32_t kh, int32_t kw, int32_t o, int64_t pixels,
+                                   bnn_bconv2d_scr_t *s)
+{
+    int64_t taps, nw, words;
+    s->form = 0;
+    s->bytes = 0;
+    if (c < 1 || kh < 1 || kw < 1 || o < 2 || kh > BNN_BCONV2D_SCR_WORDS ||
+        kw > BNN_BCONV2D_SCR_WORDS) {
+        return;
+    }
+    taps = (int64_t)kh * kw;
+    nw = ((int64_t)c + 31) / 32;
+    if (pixels < taps * nw) {
+        return; /* too few output pixels to repay the per-call reordering (3x3 x 128 on 3x3) */
+    }
+    if (nw == 1 && c <= 16 && taps == 9) {
+        s->form = BNN_BCONV2D_SCR_PAIR9;
+        s->len = 9;
+        s->filter_words = 9;
+    } else if (taps * nw <= BNN_BCONV2D_SCR_WORDS) {
+        s->form = BNN_BCONV2D_SCR_RUN;
+        s->len = (int32_t)(3 * ((taps * nw + 2) / 3));
+        s->filter_words = 2 * s->len;
+    } else {
+        return;
+    }
+    s->slot_words = s->filter_words + 2 * BNN_BCONV2D_SCR_STORE;
+    s->slots = (int32_t)(((int64_t)o + 1) / 2);
+    words = (int64_t)s->slots * s->slot_words + 2 * (int64_t)o + ((int64_t)o * taps + 1) / 2;
+    if (words > INT32_MAX / 4) {
+        s->form = 0;
+        return;
+    }
+    s->corr = s->slots * s->slot_words;
+    s->pop = s->corr + 2 * o;
+    s->bytes = (int32_t)(4 * words);
+}
+
+int32_t bnn_bconv2d_scratch_size(const bnn_dims_t *in_dims, const bnn_dims_t *filter_dims,
+                                 const bnn_dims_t *out_dims)
+{
+    bnn_bconv2d_scr_t s;
+    if (in_dims == NULL || filter_dims == NULL || out_dims == NULL) {
+        return 0;
+    }
+    bnn_bconv2d_scr_layout(in_dims->c, filter_dims->h, filter_dims->w, filter_dims->n,
+                           (int64_t)out_dims->h * out_dims->w, &s);
+    return s.bytes;
+}
+
 /* ---- argument checks -------------------------------------------------------------------- */
 
 static bnn_status_t bnn_bconv2d_check_output(const bnn_output_t *output, int32_t channels)
@@ -1085,12 +1168,503 @@ static void bnn_bconv2d_pixel(const bnn_bconv2d_geom_t *g, const uint32_t *in,
         acc[k] = bnn_bconv2d_acc_rect(g, &win, f + (size_t)k * (size_t)g->filter_words);
     }
 }
+
+/* ---- scratch path ---------------------------------------------------------------------- */
+
+/* The store words of the scratch path for one channel: bnn_affine with shift s <= 32 in the
+ * count form. With r = 32 - s, the loop makes x = (K - acc) * 2^r from the count c of differing
+ * bits as c << (r + 1) (plus a border pixel's correction, bnn_bconv2d_scr_corr); then
+ * u = O + x * (-M), O = (K * M + offset) * 2^r, is (acc * M + offset) * 2^r exactly, so that
+ * u's high word is bnn_affine's floor(t / 2^s) and an exact tie is u's low word 0 (one SMLAL,
+ * then as bnn_affine_fast with k = 0). Words: O's low and high words, -M, r + 1. Returns 0 where
+ * the form does not apply: s < 2 or s > 32, M = INT32_MIN, 2K * 2^r >= 2^31 (x must fit), or
+ * u past int64 for some |acc| <= K. */
+static int bnn_bconv2d_count_words(int32_t k_all, int32_t mult, int64_t offset, int32_t shift,
+                                   int32_t *w)
+{
+    int32_t r;
+    int64_t lim, up, down;
+    if (shift < 2 || shift > 32 || mult == INT32_MIN) {
+        return 0;
+    }
+    r = 32 - shift;
+    if (((int64_t)k_all << (r + 1)) >= ((int64_t)1 << 31)) {
+        return 0;
+    }
+    lim = INT64_MAX >> r;
+    up = offset + (int64_t)k_all * mult; /* |offset| < 2^62, |K * M| < 2^61: no overflow */
+    down = offset - (int64_t)k_all * mult;
+    if (up > lim || up < -lim || down > lim || down < -lim) {
+        return 0;
+    }
+    up *= (int64_t)1 << r;
+    w[0] = bnn_s32_from_u32((uint32_t)(uint64_t)up);
+    w[1] = bnn_s32_from_u32((uint32_t)((uint64_t)up >> 32));
+    w[2] = -mult;
+    w[3] = r + 1;
+    return 1;
+}
+
+/* Whether bnn_bconv2d_add's Add is the plain sum: affine, M[0] = M[1] = 2^S and the offset
+ * exactly (za + zb) * 2^S, so that t / 2^S = a + b exactly (t = (a - za) * 2^S + (b - zb) * 2^S
+ * + offset: no rounding), and the full int8 range: then out = saturate_int8(a + b) (QADD8 on
+ * the Cortex-M7). (A QKeras residual Add of two tensors of one scale.) */
+static int bnn_bconv2d_add_is_sum(const bnn_add_params_t *add)
+{
+    const int32_t s = add->affine_shift;
+    return add->kind == BNN_OUT_AFFINE && s >= 1 && s <= 30 && add->act_min == BNN_INT8_MIN &&
+           add->act_max == BNN_INT8_MAX && add->affine_mult[0] == ((int32_t)1 << s) &&
+           add->affine_mult[1] == ((int32_t)1 << s) &&
+           add->affine_offset ==
+               ((int64_t)add->a_zero_point + add->b_zero_point) * ((int64_t)1 << s);
+}
+
+/* Fills the scratch (bnn_bconv2d_scr_layout) for this call: 0 (and the scratch path is not
+ * taken) if it is missing, too small or unaligned, the output is not AFFINE with the full int8
+ * range, a channel's store has no count form, or the Add is not the plain sum. */
+static int bnn_bconv2d_scr_prepare(const bnn_bconv2d_geom_t *g, const bnn_context_t *ctx,
+                                   const bnn_output_t *output, const bnn_add_params_t *add,
+                                   const uint32_t *filter, bnn_bconv2d_scr_t *s)
+{
+    uint32_t *scr;
+    uint16_t *pop;
+    int32_t o, t, k;
+    bnn_bconv2d_scr_layout(g->c, g->kh, g->kw, g->o, (int64_t)g->oh * g->ow, s);
+    if (s->form == 0 || ctx == NULL || ctx->buf == NULL || ((uintptr_t)ctx->buf & 3u) != 0 ||
+        ctx->size < s->bytes || output->kind != BNN_OUT_AFFINE ||
+        output->act_min != BNN_INT8_MIN || output->act_max != BNN_INT8_MAX ||
+        (add != NULL && !bnn_bconv2d_add_is_sum(add))) {
+        return 0;
+    }
+    scr = (uint32_t *)ctx->buf;
+    pop = (uint16_t *)(void *)(scr + s->pop);
+    for (o = 0; o < 2 * s->slots; ++o) {
+        uint32_t *slot = scr + (size_t)(o / 2) * (size_t)s->slot_words;
+        int32_t *words = (int32_t *)(void *)(slot + s->filter_words) +
+                         BNN_BCONV2D_SCR_STORE * (o % 2);
+        const uint32_t *f = filter + (size_t)o * (size_t)g->filter_words;
+        if (o == g->o) { /* O odd: the last slot's zero partner */
+            for (k = 0; k < BNN_BCONV2D_SCR_STORE; ++k) {
+                words[k] = 0;
+            }
+            if (s->form == BNN_BCONV2D_SCR_RUN) {
+                for (k = 0; k < s->len; ++k) {
+                    slot[(k / 3) * 6 + 3 + k % 3] = 0;
+                }
+            }
+            break;
+        }
+        if (!bnn_bconv2d_count_words(g->k_all, output->a_mult[o], output->a_offset[o],
+                                     output->a_shift[o], words)) {
+            return 0;
+        }
+        if (s->form == BNN_BCONV2D_SCR_PAIR9) {
+            for (k = 0; k < 9; ++k) {
+                slot[k] = o % 2 == 0 ? f[k] : slot[k] | (f[k] << 16);
+            }
+        } else {
+            for (k = 0; k < s->len; ++k) {
+                slot[(k / 3) * 6 + 3 * (o % 2) + k % 3] = k < g->filter_words ? f[k] : 0u;
+            }
+        }
+        for (t = 0; t < g->taps; ++t) {
+            uint32_t n = 0;
+            for (k = 0; k < g->nw; ++k) {
+                n = bnn_bconv2d_sum_bytes(bnn_bconv2d_byte_counts(f[t * g->nw + k]), n);
+            }
+            pop[(size_t)o * (size_t)g->taps + (size_t)t] = (uint16_t)n;
+        }
+    }
+    return 1;
+}
+
+/* The border correction of each channel (scratch path, zero padding, a pixel whose window is
+ * not whole): the window's padded taps are zero words, which count popcount(w) there, while
+ * those taps must count nothing. acc = K - 2c - corr with corr = padded * C - 2 * (the
+ * filter's popcount over the padded taps); stored as corr * 2^r (r = 32 - shift), which the
+ * loop adds to c << (r + 1). */
+static void bnn_bconv2d_scr_corr(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_window_t *win,
+                                 const bnn_bconv2d_scr_t *s, const uint32_t *scr, int32_t *corr)
+{
+    uint8_t padded[BNN_BCONV2D_SCR_WORDS];
+    const uint16_t *pop = (const uint16_t *)(const void *)(scr + s->pop);
+    int32_t n = 0, i, j, o;
+    for (i = 0; i < g->kh; ++i) {
+        for (j = 0; j < g->kw; ++j) {
+            if (i < win->i_lo || i >= win->i_hi || j < win->j_lo || j >= win->j_hi) {
+                padded[n++] = (uint8_t)(i * g->kw + j);
+            }
+        }
+    }
+    for (o = 0; o < g->o; ++o) {
+        const uint16_t *p = pop + (size_t)o * (size_t)g->taps;
+        const int32_t *words = (const int32_t *)(const void *)(scr + (size_t)(o / 2) *
+                                                                         (size_t)s->slot_words +
+                                                               s->filter_words) +
+                               BNN_BCONV2D_SCR_STORE * (o % 2);
+        uint32_t sum = 0;
+        for (i = 0; i < n; ++i) {
+            sum += p[padded[i]];
+        }
+        corr[o] = bnn_s32_from_u32(((uint32_t)(n * g->c) - 2u * sum) << (words[3] - 1));
+    }
+}
+
+/* One channel's int8 output by its store words k (bnn_bconv2d_count_words) from its count c
+ * and correction corr (0 inside), then + b saturated when `b` is given (the plain-sum Add). */
+static int8_t bnn_bconv2d_count_store(uint32_t c, int32_t corr, const int32_t *k,
+                                      const int8_t *b)
+{
+    const uint32_t x = (c << k[3]) + (uint32_t)corr;
+    const uint64_t u = (((uint64_t)(uint32_t)k[1] << 32) | (uint32_t)k[0]) +
+                       (uint64_t)((int64_t)bnn_s32_from_u32(x) * (int64_t)k[2]);
+    int32_t q = bnn_s32_from_u32((uint32_t)(u >> 32));
+    if ((uint32_t)u == 0u) { /* an exact tie: half to even */
+        q -= (int32_t)((uint32_t)q & 1u);
+    }
+    q = bnn_clamp32(q, BNN_INT8_MIN, BNN_INT8_MAX);
+    if (b != NULL) {
+        q = bnn_clamp32(q + *b, BNN_INT8_MIN, BNN_INT8_MAX);
+    }
+    return (int8_t)q;
+}
+
+/* Slot p's channels (`both`: 2p and 2p + 1, else 2p only) against the window buf, in C: the
+ * scratch path where its assembly is not built, and the last channel when O is odd. */
+static void bnn_bconv2d_scr_slot(const bnn_bconv2d_scr_t *s, const uint32_t *buf,
+                                 const uint32_t *scr, int32_t p, int both, int8_t *dst,
+                                 const int8_t *b, const int32_t *corr)
+{
+    const uint32_t *slot = scr + (size_t)p * (size_t)s->slot_words;
+    const int32_t *k = (const int32_t *)(const void *)(slot + s->filter_words);
+    uint32_t c0 = 0, c1 = 0;
+    int32_t t;
+    if (s->form == BNN_BCONV2D_SCR_PAIR9) {
+        uint32_t bytes = 0;
+        for (t = 0; t < 9; ++t) {
+            bytes += bnn_bconv2d_byte_counts(buf[t] ^ slot[t]); /* <= 72 per byte */
+        }
+        c0 = bnn_bconv2d_sum_bytes(bytes & 0xFFFFu, 0u);
+        c1 = bnn_bconv2d_sum_bytes(bytes >> 16, 0u);
+    } else {
+        for (t = 0; t < s->len; ++t) {
+            c0 = bnn_bconv2d_sum_bytes(bnn_bconv2d_byte_counts(buf[t] ^ slot[(t / 3) * 6 + t % 3]),
+                                       c0);
+            c1 = bnn_bconv2d_sum_bytes(
+                bnn_bconv2d_byte_counts(buf[t] ^ slot[(t / 3) * 6 + 3 + t % 3]), c1);
+        }
+    }
+    dst[2 * p] = bnn_bconv2d_count_store(c0, corr != NULL ? corr[2 * p] : 0, k,
+                                         b != NULL ? b + 2 * p : b);
+    if (both) {
+        dst[2 * p + 1] =
+            bnn_bconv2d_count_store(c1, corr != NULL ? corr[2 * p + 1] : 0,
+                                    k + BNN_BCONV2D_SCR_STORE, b != NULL ? b + 2 * p + 1 : b);
+    }
+}
+
+#if BNN_BCONV2D_RUN2_ASM
+#define BNN_ASM_ARG __attribute__((unused)) /* read by the assembly, not by C */
+/* The scratch path's loops in assembly (naked functions, as bnn_bconv2d_pair9_asm): slots
+ * scr .. end (whole pairs) against the window buf, each channel's int8 stored to dst (moving
+ * on), with the plain-sum Add (`b`, the residual) and the border corrections (`corr`) in the
+ * variants that take them (the 5th and 6th arguments, on the stack).
+ * The 4-bit counts of v in place, t scratch: v - ((v >> 1) & 0x5..), then (v & 0x3..) +
+ * ((v >> 2) & 0x3..), the masks as immediates (AND with the high bits, then the shifted
+ * operand of SUB / ADD). */
+#define BNN_SCR_NIB(v, t)                                                                      \
+    "and     " t ", " v ", #0xAAAAAAAA\n\t"                                                     \
+    "sub     " v ", " v ", " t ", lsr #1\n\t"                                                   \
+    "and     " t ", " v ", #0xCCCCCCCC\n\t"                                                     \
+    "and     " v ", " v ", #0x33333333\n\t"                                                     \
+    "add     " v ", " v ", " t ", lsr #2\n\t"
+/* Three XORed words a, b, c to their 4-bit counts in a (<= 12 per group): a full adder first
+ * (sum a ^ b ^ c in a, carry (a & b) | ((a ^ b) & c) in b; t scratch), then sum + 2 * carry. */
+#define BNN_SCR_COUNT3(a, b, c, t)                                                             \
+    "and     " t ", " a ", " b "\n\t"                                                           \
+    "eor     " a ", " a ", " b "\n\t"                                                           \
+    "and     " b ", " a ", " c "\n\t"                                                           \
+    "eor     " a ", " a ", " c "\n\t"                                                           \
+    "orr     " b ", " b ", " t "\n\t"                                                           \
+    BNN_SCR_NIB(a, t) BNN_SCR_NIB(b, t)                                                        \
+    "add     " a ", " a ", " b ", lsl #1\n\t"
+/* One channel's store from its count c (a register other than r6-r10): the store words by
+ * LDM (r6 O's low word, r7 its high word, r8 -M, r9 r + 1), x = c << (r + 1) (+ the
+ * correction, `corr`), u = O + x * -M by SMLAL, the tie's half to even (u's low word 0, by
+ * CBNZ: rare), SSAT, then (`add`) QADD8 with the residual's byte `b`, STRB. */
+#define BNN_SCR_STORE(c, corr, add)                                                            \
+    "ldmia   r1!, {r6, r7, r8, r9}\n\t"                                                        \
+    "lsl     " c ", " c ", r9\n\t" corr                                                         \
+    "smlal   r6, r7, " c ", r8\n\t"                                                            \
+    "cbnz    r6, 5f\n\t"                                                                       \
+    "bic     r7, r7, #1\n"                                                                      \
+    "5:\n\t"                                                                                   \
+    "ssat    r7, #8, r7\n\t" add                                                               \
+    "strb    r7, [r3], #1\n\t"
+
+/* PAIR9: r0 the window (9 words x | x << 16, fixed), r1 the slots, r2 their end, r3 dst,
+ * r11 the residual, r12 the corrections. Per slot: three groups of 3 taps, each group's
+ * 4-bit counts folded into the byte sums of r7 (<= 72 per byte; bytes 0 + 1 count channel 2p,
+ * 2 + 3 channel 2p + 1), then the two stores: 96 instructions per pair of outputs
+ * (+4 with the Add, +4 with the corrections). */
+#define BNN_SCR_P9_GROUP(load, fold)                                                           \
+    load "ldmia   r1!, {r8, r9, r10}\n\t"                                                      \
+    "eor     r4, r4, r8\n\t"                                                                   \
+    "eor     r5, r5, r9\n\t"                                                                   \
+    "eor     r6, r6, r10\n\t" BNN_SCR_COUNT3("r4", "r5", "r6", "r8")                            \
+    "and     r8, r4, #0x0F0F0F0F\n\t"                                                          \
+    "and     r4, r4, #0xF0F0F0F0\n\t" fold
+#define BNN_SCR_P9_CORR "ldr     r10, [r12], #4\n\tadd     r4, r4, r10\n\t"
+#define BNN_SCR_P9_CORR5 "ldr     r10, [r12], #4\n\tadd     r5, r5, r10\n\t"
+#define BNN_SCR_P9_ADD "ldrb    r10, [r11], #1\n\tqadd8   r7, r7, r10\n\t"
+#define BNN_SCR_P9_FN(name, args, corr4, corr5, add)                                           \
+    __attribute__((naked)) static void name(const uint32_t *buf BNN_ASM_ARG,                    \
+                                            const uint32_t *scr BNN_ASM_ARG,                    \
+                                            const uint32_t *end BNN_ASM_ARG,                    \
+                                            int8_t *dst BNN_ASM_ARG, const int8_t *b BNN_ASM_ARG, \
+                                            const int32_t *corr BNN_ASM_ARG,                    \
+                                            int32_t len BNN_ASM_ARG)                            \
+    {                                                                                          \
+        __asm__ volatile(                                                                      \
+            "push    {r4-r11, lr}\n\t" args "1:\n\t"                                          \
+            BNN_SCR_P9_GROUP("ldmia   r0, {r4, r5, r6}\n\t", "add     r7, r8, r4, lsr #4\n\t") \
+            BNN_SCR_P9_GROUP("add     lr, r0, #12\n\tldmia   lr, {r4, r5, r6}\n\t",         \
+                             "add     r8, r8, r4, lsr #4\n\tadd     r7, r7, r8\n\t")        \
+            BNN_SCR_P9_GROUP("add     lr, r0, #24\n\tldmia   lr, {r4, r5, r6}\n\t",         \
+                             "add     r8, r8, r4, lsr #4\n\tadd     r7, r7, r8\n\t")        \
+            "add     r7, r7, r7, lsr #8\n\t"                                                   \
+            "and     r4, r7, #0xFF\n\t"                                                        \
+            "ubfx    r5, r7, #16, #8\n\t"                                                      \
+            BNN_SCR_STORE("r4", corr4, add) BNN_SCR_STORE("r5", corr5, add)                     \
+            "cmp     r1, r2\n\t"                                                               \
+            "bne     1b\n\t"                                                                   \
+            "pop     {r4-r11, pc}\n\t");                                                       \
+    }
+BNN_SCR_P9_FN(bnn_bconv2d_scr_p9, "", "", "", "")
+BNN_SCR_P9_FN(bnn_bconv2d_scr_p9_corr, "ldr     r12, [sp, #40]\n\t", BNN_SCR_P9_CORR,
+              BNN_SCR_P9_CORR5, "")
+BNN_SCR_P9_FN(bnn_bconv2d_scr_p9_add, "ldr     r11, [sp, #36]\n\t", "", "", BNN_SCR_P9_ADD)
+BNN_SCR_P9_FN(bnn_bconv2d_scr_p9_add_corr,
+              "ldr     r11, [sp, #36]\n\tldr     r12, [sp, #40]\n\t", BNN_SCR_P9_CORR,
+              BNN_SCR_P9_CORR5, BNN_SCR_P9_ADD)
+
+/* RUN: r0 the window (moving), r2 its end (len words, the 7th argument), r1 the slots, r3 dst;
+ * on the stack the slots' end and the window's start; lr 0. Per slot the counts of channel 2p
+ * in r7 and of 2p + 1 in r11: each step's 4-bit counts folded into bytes (<= 24) and summed by
+ * USADA8. The residual is read at dst + (b - dst) (r11, kept in the 5th argument's slot), the
+ * corrections' pointer in the 6th argument's slot. 53 instructions per step of 3 words and
+ * pair of outputs, then 22 per pair (+4 with the Add, +8 with the corrections). */
+#define BNN_SCR_RUN_FILTER(acc)                                                                \
+    "ldmia   r1!, {r8, r9, r10}\n\t"                                                           \
+    "eor     r8, r8, r4\n\t"                                                                   \
+    "eor     r9, r9, r5\n\t"                                                                   \
+    "eor     r10, r10, r6\n\t" BNN_SCR_COUNT3("r8", "r9", "r10", "r12")                         \
+    "and     r12, r8, #0x0F0F0F0F\n\t"                                                         \
+    "and     r8, r8, #0xF0F0F0F0\n\t"                                                          \
+    "add     r8, r12, r8, lsr #4\n\t"                                                          \
+    "usada8  " acc ", r8, lr, " acc "\n\t"
+#define BNN_SCR_RUN_CORR(c)                                                                    \
+    "ldr     r12, [sp, #48]\n\t"                                                               \
+    "ldr     r10, [r12], #4\n\t"                                                               \
+    "str     r12, [sp, #48]\n\t"                                                               \
+    "add     " c ", " c ", r10\n\t"
+#define BNN_SCR_RUN_ADD "ldrb    r10, [r3, r11]\n\tqadd8   r7, r7, r10\n\t"
+#define BNN_SCR_RUN_FN(name, args, corr4, corr5, add, add_slot)                                \
+    __attribute__((naked)) static void name(const uint32_t *buf BNN_ASM_ARG,                    \
+                                            const uint32_t *scr BNN_ASM_ARG,                    \
+                                            const uint32_t *end BNN_ASM_ARG,                    \
+                                            int8_t *dst BNN_ASM_ARG, const int8_t *b BNN_ASM_ARG, \
+                                            const int32_t *corr BNN_ASM_ARG,                    \
+                                            int32_t len BNN_ASM_ARG)                            \
+    {                                                                                          \
+        __asm__ volatile("push    {r4-r11, lr}\n\t"                                             \
+                         "sub     sp, sp, #8\n\t"                                               \
+                         "str     r2, [sp, #0]\n\t"                                             \
+                         "ldr     r12, [sp, #52]\n\t"                                           \
+                         "add     r2, r0, r12, lsl #2\n\t"                                      \
+                         "str     r0, [sp, #4]\n\t"                                             \
+                         "mov     lr, #0\n\t" args "1:\n\t"                                    \
+                         "ldr     r0, [sp, #4]\n\t"                                             \
+                         "mov     r7, #0\n\t"                                                   \
+                         "mov     r11, #0\n"                                                     \
+                         "2:\n\t"                                                               \
+                         "ldmia   r0!, {r4, r5, r6}\n\t" BNN_SCR_RUN_FILTER("r7")               \
+                         BNN_SCR_RUN_FILTER("r11")                                             \
+                         "cmp     r0, r2\n\t"                                                   \
+                         "bne     2b\n\t"                                                       \
+                         "mov     r4, r7\n\t"                                                   \
+                         "mov     r5, r11\n\t" add_slot                                         \
+                         BNN_SCR_STORE("r4", corr4, add) BNN_SCR_STORE("r5", corr5, add)       \
+                         "ldr     r12, [sp, #0]\n\t"                                            \
+                         "cmp     r1, r12\n\t"                                                  \
+                         "bne     1b\n\t"                                                       \
+                         "add     sp, sp, #8\n\t"                                               \
+                         "pop     {r4-r11, pc}\n\t");                                           \
+    }
+#define BNN_SCR_RUN_DELTA "ldr     r12, [sp, #44]\n\tsub     r12, r12, r3\n\tstr     r12, [sp, #44]\n\t"
+BNN_SCR_RUN_FN(bnn_bconv2d_scr_run, "", "", "", "", "")
+BNN_SCR_RUN_FN(bnn_bconv2d_scr_run_corr, "", BNN_SCR_RUN_CORR("r4"), BNN_SCR_RUN_CORR("r5"), "",
+               "")
+BNN_SCR_RUN_FN(bnn_bconv2d_scr_run_add, BNN_SCR_RUN_DELTA, "", "", BNN_SCR_RUN_ADD,
+               "ldr     r11, [sp, #44]\n\t")
+BNN_SCR_RUN_FN(bnn_bconv2d_scr_run_add_corr, BNN_SCR_RUN_DELTA, BNN_SCR_RUN_CORR("r4"),
+               BNN_SCR_RUN_CORR("r5"), BNN_SCR_RUN_ADD, "ldr     r11, [sp, #44]\n\t")
+#undef BNN_SCR_RUN_DELTA
+#undef BNN_SCR_RUN_FN
+#undef BNN_SCR_RUN_ADD
+#undef BNN_SCR_RUN_CORR
+#undef BNN_SCR_RUN_FILTER
+#undef BNN_SCR_P9_FN
+#undef BNN_SCR_P9_ADD
+#undef BNN_SCR_P9_CORR5
+#undef BNN_SCR_P9_CORR
+#undef BNN_SCR_P9_GROUP
+#undef BNN_SCR_STORE
+#undef BNN_SCR_COUNT3
+#undef BNN_SCR_NIB
+#undef BNN_ASM_ARG
+#endif
+
+/* One output pixel of the scratch path, its window in buf: every pair of channels by the
+ * assembly loop `fn` (or bnn_bconv2d_scr_slot), the odd last channel by bnn_bconv2d_scr_slot. */
+#if BNN_BCONV2D_RUN2_ASM
+typedef void (*bnn_bconv2d_scr_fn)(const uint32_t *, const uint32_t *, const uint32_t *, int8_t *,
+                                   const int8_t *, const int32_t *, int32_t);
+#else
+typedef int bnn_bconv2d_scr_fn; /* (unused) */
+#endif
+BNN_ALWAYS_INLINE void bnn_bconv2d_scr_pixel(const bnn_bconv2d_geom_t *g,
+                                             const bnn_bconv2d_scr_t *s, const uint32_t *scr,
+                                             bnn_bconv2d_scr_fn fn, const uint32_t *buf,
+                                             int8_t *dst, const int8_t *b, const int32_t *corr)
+{
+    const int32_t pairs = g->o / 2;
+#if BNN_BCONV2D_RUN2_ASM
+    if (pairs > 0) {
+        fn(buf, scr, scr + (size_t)pairs * (size_t)s->slot_words, dst, b, corr, s->len);
+    }
+#else
+    int32_t k;
+    (void)fn;
+    for (k = 0; k < pairs; ++k) {
+        bnn_bconv2d_scr_slot(s, buf, scr, k, 1, dst, b, corr);
+    }
+#endif
+    if (g->o % 2 != 0) {
+        bnn_bconv2d_scr_slot(s, buf, scr, pairs, 0, dst, b, corr);
+    }
+}
+
+/* The scratch path for the whole call (bnn_bconv2d_scr_prepare done), per output pixel:
+ *  - a window inside the input (columns [xa, xb) of the rows whose window rows are inside):
+ *    its rows copied to buf (x | x << 16 for PAIR9);
+ *  - any other: gathered with its padded taps as zero words, and with zero padding the
+ *    corrections of its taps (two sets kept in the scratch, made again only for taps that
+ *    neither set is for: a row's left and right border pixels then share them);
+ *  - RUN: zero words up to len;
+ * then bnn_bconv2d_scr_pixel. */
+static void bnn_bconv2d_scr_run_all(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_scr_t *s,
+                                    uint32_t *scr, const uint32_t *in, const int8_t *residual,
+                                    int8_t *out)
+{
+    uint32_t buf[BNN_BCONV2D_WINDOW_WORDS];
+    int32_t *const corr_sets = (int32_t *)(void *)(scr + s->corr);
+    const size_t in_row = (size_t)g->w * (size_t)g->nw;
+    const size_t step = (size_t)g->sw * (size_t)g->nw;
+    const int32_t row_words = g->kw * g->nw;
+    const int dup = s->form == BNN_BCONV2D_SCR_PAIR9;
+    const int32_t xa = (g->pl + g->sw - 1) / g->sw;
+    int32_t xb = g->w - g->kw + g->pl < 0 ? 0 : (g->w - g->kw + g->pl) / g->sw + 1;
+    const int8_t *b = residual;
+    int8_t *dst = out;
+    int32_t made[2] = {-1, -1}; /* the taps of each set of corrections */
+    int32_t older = 0;           /* the set to make next */
+    int32_t y, x, k;
+    bnn_bconv2d_scr_fn inner, border; /* without and with the corrections */
+#if BNN_BCONV2D_RUN2_ASM
+    if (dup) {
+        inner = residual != NULL ? bnn_bconv2d_scr_p9_add : bnn_bconv2d_scr_p9;
+        border = residual != NULL ? bnn_bconv2d_scr_p9_add_corr : bnn_bconv2d_scr_p9_corr;
+    } else {
+        inner = residual != NULL ? bnn_bconv2d_scr_run_add : bnn_bconv2d_scr_run;
+        border = residual != NULL ? bnn_bconv2d_scr_run_add_corr : bnn_bconv2d_scr_run_corr;
+    }
+#else
+    inner = border = 0;
+#endif
+    xb = xb > g->ow ? g->ow : (xb < xa ? xa : xb);
+    for (k = g->filter_words; k < s->len; ++k) {
+        buf[k] = 0; /* RUN: the padding words (the copies write the first taps * NW) */
+    }
+    for (y = 0; y < g->oh; ++y) {
+        bnn_bconv2d_window_t win;
+        const int32_t iy0 = y * g->sh - g->pt;
+        bnn_valid_taps(iy0, g->h, g->kh, 1, &win.i_lo, &win.i_hi);
+        x = 0;
+        while (x < g->ow) {
+            if (x == xa && win.i_lo == 0 && win.i_hi == g->kh) { /* windows inside the input */
+                const uint32_t *src =
+                    in + ((size_t)iy0 * (size_t)g->w + (size_t)(x * g->sw - g->pl)) *
+                             (size_t)g->nw;
+                for (; x < xb; ++x, src += step, dst += g->o, b = b != NULL ? b + g->o : b) {
+                    const uint32_t *r = src;
+                    uint32_t *d = buf;
+                    int32_t i;
+                    if (dup) { /* 3x3, one word per tap */
+                        for (i = 0; i < 3; ++i, r += in_row, d += 3) {
+                            const uint32_t w0 = r[0], w1 = r[1], w2 = r[2];
+                            d[0] = w0 | w0 << 16;
+                            d[1] = w1 | w1 << 16;
+                            d[2] = w2 | w2 << 16;
+                        }
+                    } else {
+                        for (i = 0; i < g->kh; ++i, r += in_row) {
+                            for (k = 0; k < row_words; ++k) {
+                                *d++ = r[k];
+                            }
+                        }
+                    }
+                    bnn_bconv2d_scr_pixel(g, s, scr, inner, buf, dst, b, (const int32_t *)0);
+                }
+                continue;
+            }
+            {
+                const int32_t ix0 = x * g->sw - g->pl;
+                const int32_t *corr = (const int32_t *)0;
+                bnn_valid_taps(ix0, g->w, g->kw, 1, &win.j_lo, &win.j_hi);
+                win.full = win.i_lo == 0 && win.i_hi == g->kh && win.j_lo == 0 &&
+                           win.j_hi == g->kw;
+                win.x0 = in + ((size_t)(iy0 + win.i_lo) * (size_t)g->w +
+                               (size_t)(ix0 + win.j_lo)) *
+                                  (size_t)g->nw;
+                bnn_bconv2d_gather(g, &win, dup, buf);
+                if (!win.full && g->pad_value == 0) {
+                    const int32_t taps =
+                        win.i_lo | win.i_hi << 6 | win.j_lo << 12 | win.j_hi << 18;
+                    const int32_t set = taps == made[0] ? 0 : (taps == made[1] ? 1 : older);
+                    corr = corr_sets + (size_t)set * (size_t)g->o;
+                    if (made[set] != taps) {
+                        bnn_bconv2d_scr_corr(g, &win, s, scr, corr_sets + (size_t)set * (size_t)g->o);
+                        made[set] = taps;
+                        older = 1 - set;
+                    }
+                }
+                bnn_bconv2d_scr_pixel(g, s, scr, corr != NULL ? border : inner, buf, dst, b,
+                                      corr);
+                ++x;
+                dst += g->o;
+                b = b != NULL ? b + g->o : b;
+            }
+        }
+    }
+}
 #endif /* BNN_BCONV2D_FAST */
 
 /* ---- entry point ------------------------------------------------------------------------ */
 
 
-/* Both entry points (inlined in each: without the Add the compiler drops its code). */
+/* The call without the scratch path, for both entry points (inlined in the two wrappers
+ * below: without the Add the compiler drops its code). */
 BNN_ALWAYS_INLINE bnn_status_t bnn_bconv2d_run(const bnn_conv_params_t *params,
                                                 const bnn_output_t *output,
                                                 const bnn_add_params_t *add,
@@ -1185,14 +1759,76 @@ BNN_ALWAYS_INLINE bnn_status_t bnn_bconv2d_run(const bnn_conv_params_t *params,
     return BNN_OK;
 }
 
+/* bnn_bconv2d_run in frames of their own, so that the scratch path's (bnn_bconv2d_scr_try)
+ * never stacks on top of their buffers. */
+BNN_NOINLINE bnn_status_t bnn_bconv2d_run_conv(const bnn_conv_params_t *params,
+                                               const bnn_output_t *output,
+                                               const bnn_dims_t *in_dims, const uint32_t *in,
+                                               const bnn_dims_t *filter_dims,
+                                               const uint32_t *filter,
+                                               const bnn_dims_t *out_dims, void *out)
+{
+    return bnn_bconv2d_run(params, output, (const bnn_add_params_t *)0, (const int8_t *)0,
+                           in_dims, in, filter_dims, filter, out_dims, out);
+}
+
+BNN_NOINLINE bnn_status_t bnn_bconv2d_run_add(const bnn_conv_params_t *params,
+                                              const bnn_output_t *output,
+                                              const bnn_add_params_t *add,
+                                              const int8_t *residual, const bnn_dims_t *in_dims,
+                                              const uint32_t *in, const bnn_dims_t *filter_dims,
+                                              const uint32_t *filter, const bnn_dims_t *out_dims,
+                                              void *out)
+{
+    if (add == NULL || output->kind != BNN_OUT_AFFINE) { /* (checked by the caller: this
+                                                           * tells the compiler) */
+        return BNN_ERROR_ARGUMENT;
+    }
+    return bnn_bconv2d_run(params, output, add, residual, in_dims, in, filter_dims, filter,
+                           out_dims, out);
+}
+
+/* The scratch path where it applies (bnn_bconv2d_scr_prepare): 1 if it made the output, 0 if
+ * not (bnn_bconv2d_run then does), BNN_ERROR_ARGUMENT for arguments bnn_bconv2d_check
+ * refuses. */
+BNN_NOINLINE int32_t bnn_bconv2d_scr_try(const bnn_context_t *ctx, const bnn_conv_params_t *params,
+                                         const bnn_output_t *output, const bnn_add_params_t *add,
+                                         const int8_t *residual, const bnn_dims_t *in_dims,
+                                         const uint32_t *in, const bnn_dims_t *filter_dims,
+                                         const uint32_t *filter, const bnn_dims_t *out_dims,
+                                         void *out)
+{
+    bnn_bconv2d_geom_t g;
+#if BNN_BCONV2D_FAST
+    bnn_bconv2d_scr_t s;
+#endif
+    if (bnn_bconv2d_check(params, output, in_dims, in, filter_dims, filter, out_dims, out, &g) !=
+        BNN_OK) {
+        return BNN_ERROR_ARGUMENT;
+    }
+#if BNN_BCONV2D_FAST
+    if (bnn_bconv2d_scr_prepare(&g, ctx, output, add, filter, &s)) {
+        bnn_bconv2d_scr_run_all(&g, &s, (uint32_t *)ctx->buf, in, residual, (int8_t *)out);
+        return 1;
+    }
+#else
+    (void)ctx, (void)add, (void)residual;
+#endif
+    return 0;
+}
+
 bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *params,
                          const bnn_output_t *output, const bnn_dims_t *in_dims,
                          const uint32_t *in, const bnn_dims_t *filter_dims,
                          const uint32_t *filter, const bnn_dims_t *out_dims, void *out)
 {
-    (void)ctx;
-    return bnn_bconv2d_run(params, output, (const bnn_add_params_t *)0, (const int8_t *)0,
-                           in_dims, in, filter_dims, filter, out_dims, out);
+    const int32_t done = bnn_bconv2d_scr_try(ctx, params, output, (const bnn_add_params_t *)0,
+                                             (const int8_t *)0, in_dims, in, filter_dims, filter,
+                                             out_dims, out);
+    if (done != 0) {
+        return done > 0 ? BNN_OK : BNN_ERROR_ARGUMENT;
+    }
+    return bnn_bconv2d_run_conv(params, output, in_dims, in, filter_dims, filter, out_dims, out);
 }
 
 bnn_status_t bnn_bconv2d_add(const bnn_context_t *ctx, const bnn_conv_params_t *params,
@@ -1201,11 +1837,16 @@ bnn_status_t bnn_bconv2d_add(const bnn_context_t *ctx, const bnn_conv_params_t *
                              const bnn_dims_t *filter_dims, const uint32_t *filter,
                              const bnn_dims_t *out_dims, const int8_t *residual, int8_t *out)
 {
-    (void)ctx;
+    int32_t done;
     if (add == NULL || output == NULL || output->kind != BNN_OUT_AFFINE || residual == NULL ||
         !bnn_add_params_ok(add)) {
         return BNN_ERROR_ARGUMENT;
     }
-    return bnn_bconv2d_run(params, output, add, residual, in_dims, in, filter_dims, filter,
-                           out_dims, out);
+    done = bnn_bconv2d_scr_try(ctx, params, output, add, residual, in_dims, in, filter_dims,
+                               filter, out_dims, out);
+    if (done != 0) {
+        return done > 0 ? BNN_OK : BNN_ERROR_ARGUMENT;
+    }
+    return bnn_bconv2d_run_add(params, output, add, residual, in_dims, in, filter_dims, filter,
+                               out_dims, out);
 }
