@@ -856,6 +856,12 @@ def test_bconv_add(backend: Any, add_kind: str) -> None:
             assert backend.call("bnn_bconv2d_add", *call, flat, out) == BNN_OK, case
             assert np.array_equal(out[:n].reshape(want.shape), want), case
             assert np.all(out[n:] == 0x5A), f"{case}: wrote past the output"
+            size = scratch_bytes(backend, case)
+            if size > 0:  # the scratch path, with the general Add after the loops
+                out[:] = 0x5A
+                assert backend.call("bnn_bconv2d_add", scratch_ctx(size), *call[1:], flat, out) == 0
+                assert np.array_equal(out[:n].reshape(want.shape), want), f"{case}: scratch"
+                assert np.all(out[n:] == 0x5A), f"{case}: wrote past the output"
             assert backend.call("bnn_bconv2d_add", *call, flat, flat) == BNN_OK
             assert np.array_equal(flat.reshape(want.shape), want), f"{case}: in place"
 
@@ -999,13 +1005,24 @@ def test_bconv_add_bad_arguments(backend: Any, what: str) -> None:
 # reordered once per call and the int8 store, and the plain-sum Add, in the counting loop)
 # --------------------------------------------------------------------------------------------
 
-# the assembly loops of the scratch path (PAIR9: C <= 16 and 3x3; RUN: a window of <= 36 words)
-SCRATCH_LOOPS = ("bnn_bconv2d_scr_p9", "bnn_bconv2d_scr_run")
+# the assembly loops of the scratch path (PAIR9: C <= 16 and 3x3; RUN: a window of <= 36
+# words), without and with the plain-sum Add and the border corrections
+SCRATCH_LOOPS = tuple(
+    f"bnn_bconv2d_scr_{form}{add}{corr}"
+    for form in ("p9", "run")
+    for add in ("", "_add")
+    for corr in ("", "_corr")
+)
 
 
-def _loops_ran(backend: Any) -> int:
-    """Instructions the scratch path's assembly loops ran in the last profiled call."""
-    return sum(n for f, n in backend.last_profile.items() if f.startswith(SCRATCH_LOOPS))
+def _loops_ran(backend: Any, add: bool | None = None) -> int:
+    """Instructions the scratch path's assembly loops (those with the plain-sum Add, or those
+    without, if ``add`` is given) ran in the last profiled call."""
+    return sum(
+        n
+        for f, n in backend.last_profile.items()
+        if f in SCRATCH_LOOPS and (add is None or ("_add" in f) == add)
+    )
 
 
 def _profiled(backend: Any) -> bool:
@@ -1188,9 +1205,9 @@ def test_bconv_scratch_size_mirror(backend: Any) -> None:
                     sizes.add(size > 0)
     assert sizes == {True, False}
     # the hybrid's res1 (16 -> 24, 3x3): 12 pairs of 9 filter and 8 store words, 48
-    # corrections, 24 * 9 popcounts of 16 bits; res5 (3x3 x 128 on 3x3): none
+    # corrections, 24 * 9 popcounts of 16 bits, 24 bytes; res5 (3x3 x 128 on 3x3): none
     res1 = bconv2d_scratch_bytes((1, 48, 48, 16), (24, 3, 3, 16), (1, 48, 48, 24))
-    assert res1 == 4 * (12 * 17 + 48 + 108)
+    assert res1 == 4 * (12 * 17 + 48 + 108 + 6)
     assert bconv2d_scratch_bytes((1, 3, 3, 128), (128, 3, 3, 128), (1, 3, 3, 128)) == 0
     assert bconv2d_scratch_bytes((1, 6, 6, 128), (128, 3, 3, 128), (1, 6, 6, 128)) > 0
 
@@ -1200,8 +1217,8 @@ def test_bconv_add_plain_sum(backend: Any, shift: int) -> None:
     """bnn_bconv2d_add with the scratch where the Add is the plain sum saturated (M0 = M1 =
     2^S, offset (za + zb) * 2^S: the QKeras residual of two tensors of one scale), which the
     Cortex-M7 adds in the counting loop (QADD8), and near misses that take the general Add
-    (offset + 1, M1 = 2^S - 1, a narrower range): the reference's values, into a separate
-    buffer and in place."""
+    after the loop (offset + 1, M1 = 2^S - 1, a narrower range): the reference's values, into a
+    separate buffer and in place."""
     from bnncube.validation.kernel_calls import _add_params, _quant
 
     profiled = _profiled(backend)
@@ -1233,6 +1250,7 @@ def test_bconv_add_plain_sum(backend: Any, shift: int) -> None:
             assert np.array_equal(out[:n].reshape(want.shape), want), (case, miss)
             assert np.all(out[n:] == 0x5A), f"{case}: wrote past the output"
             if profiled:
-                assert (_loops_ran(backend) > 0) == (miss == ""), (case, miss)
+                assert _loops_ran(backend) > 0, (case, miss)
+                assert (_loops_ran(backend, add=True) > 0) == (miss == ""), (case, miss)
             assert backend.call("bnn_bconv2d_add", *call, flat, flat) == BNN_OK
             assert np.array_equal(flat.reshape(want.shape), want), f"{case} {miss}: in place"

@@ -46,8 +46,9 @@ from bnncube.validation.kernel_calls import run_graph_c  # noqa: E402
 # table, and one helper for the fast stores' words): 23.20 M and 34.06 M. Seventh (the TFLite
 # store in 5 or 6 instructions, the deep pointwise layers in scratch, the 4-pixel loop unrolled
 # for up to 8 groups, the affine store's tie test by CBNZ): 22.64 M and 29.70 M; mnv2_i8's
-# budget is issue 8's target, 30 M.
-BUDGETS = {"hybrid": 23_090_000, "mnv2_i8": 30_000_000}
+# budget is issue 8's target, 30 M. Eighth (the binary convs' scratch path: filters reordered
+# once per call, the store in the counting loop; the plain-sum Add by QADD8): 17.24 M.
+BUDGETS = {"hybrid": 17_580_000, "mnv2_i8": 30_000_000}
 
 
 @pytest.fixture(scope="module", params=["host", "m7"])

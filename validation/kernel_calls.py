@@ -77,9 +77,10 @@ def bconv2d_scratch_bytes(
     """``bnn_bconv2d_scratch_size`` for an NHWC input and an OHWI filter (logical channels): per
     pair of output channels the filter words its loop reads (9 for a 3x3 filter with C <= 16,
     else twice the window's KH * KW * ceil(C / 32) words rounded up to a multiple of 3, at most
-    :data:`BCONV2D_SCR_WORDS`) and 8 store words, then 2 * O corrections and O * KH * KW 16-bit
-    popcounts; 0 where the path does not apply, or for fewer output pixels than window words (a
-    test holds the two equal)."""
+    :data:`BCONV2D_SCR_WORDS`) and 8 store words, then 2 * O corrections, O * KH * KW 16-bit
+    popcounts and O bytes (rounded up to words) for the outputs before a general Add. 0 where
+    the path does not apply, or for fewer output pixels than window words (a test holds the two
+    equal)."""
     c, o = int(in_shape[3]), int(filter_shape[0])
     kh, kw = int(filter_shape[1]), int(filter_shape[2])
     limit = BCONV2D_SCR_WORDS
@@ -94,7 +95,7 @@ def bconv2d_scratch_bytes(
         filter_words = 2 * 3 * ((taps * nw + 2) // 3)
     else:
         return 0
-    words = (o + 1) // 2 * (filter_words + 8) + 2 * o + (o * taps + 1) // 2
+    words = (o + 1) // 2 * (filter_words + 8) + 2 * o + (o * taps + 1) // 2 + (o + 3) // 4
     return 4 * words if words <= (2**31 - 1) // 4 else 0
 
 

@@ -16,6 +16,8 @@
  * Element i of a and b is read before out[i] is written: `out` may be `a` or `b` (in place).
  * TFLITE, from BNN_ADD_TABLE_MIN elements: a' and b' come from tables of their 256 values
  * (bnn_add_tflite_tables; the same integers).
+ * AFFINE as the plain sum (bnn_add_is_plain_sum: M = 2^S for both, the offset (za + zb) * 2^S,
+ * the full int8 range): out = saturate_int8(a + b), on the Cortex-M7 four bytes per QADD8.
  * Cortex-M7 (__ARM_FEATURE_DSP, optimized builds): the affine path runs assembly loops, one for
  * shift >= 32 and one below (bnn_add_affine_hi / _lo), with the clamp to [-128, 127] by SSAT and
  * any narrower [act_min, act_max] applied after; the same integers as the C loops.
@@ -24,6 +26,8 @@
  * [-128, 127]; TFLITE: left_shift in [0, 31], shifts in [-31, 31]; AFFINE: affine_shift in
  * [1, 62], |affine_offset| < 2^62. Anything else: BNN_ERROR_ARGUMENT, nothing written.
  */
+#include <string.h>
+
 #include "bnn_kernels.h"
 #include "bnn_requant.h"
 
@@ -254,6 +258,22 @@ void bnn_add_s8_run(const bnn_add_s8_prepared_t *prepared, int32_t size, const i
             int32_t scaled = bnn_mbqm(sum, params->out_mult, params->out_shift);
             out[i] = (int8_t)bnn_clamp((int64_t)scaled + params->out_zero_point, params->act_min,
                                        params->act_max);
+        }
+        return;
+    }
+    if (bnn_add_is_plain_sum(params)) { /* out = saturate_int8(a + b), 4 bytes per QADD8 */
+        i = 0;
+#if BNN_USE_DSP
+        for (; i + 4 <= size; i += 4) { /* (the 4 bytes read before they are written) */
+            uint32_t x, y;
+            memcpy(&x, a + i, sizeof x);
+            memcpy(&y, b + i, sizeof y);
+            x = __qadd8(x, y);
+            memcpy(out + i, &x, sizeof x);
+        }
+#endif
+        for (; i < size; ++i) {
+            out[i] = (int8_t)bnn_clamp32(a[i] + b[i], BNN_INT8_MIN, BNN_INT8_MAX);
         }
         return;
     }

@@ -143,7 +143,8 @@ static int32_t bnn_bconv2d_acc(int32_t counted, uint32_t differing)
  *    slot's second channel is zero): the filter words the loop reads, then each channel's 4
  *    store words (bnn_bconv2d_count_words);
  *  - two sets of O border corrections (int32, made for the border pixels);
- *  - the popcount of each channel's filter at each tap (uint16, O * taps; for the corrections).
+ *  - the popcount of each channel's filter at each tap (uint16, O * taps; for the corrections);
+ *  - O bytes: a pixel's int8 outputs before a general (not plain-sum) Add.
  * Two forms of filter words:
  *  - PAIR9 (NW = 1, C <= 16, 3x3 kernel): 9 words w_2p[t] | w_2p+1[t] << 16, counted against
  *    the window's words x | x << 16 (as bnn_bconv2d_pair_accs);
@@ -162,6 +163,7 @@ typedef struct {
     int32_t slots;        /* ceil(O / 2) */
     int32_t corr;         /* word offset of the corrections */
     int32_t pop;          /* word offset of the popcounts */
+    int32_t tmp;          /* word offset of the int8 outputs before the Add */
     int32_t bytes;        /* 0 if none */
 } bnn_bconv2d_scr_t;
 
@@ -193,13 +195,15 @@ static void bnn_bconv2d_scr_layout(int32_t c, int32_t kh, int32_t kw, int32_t o,
     }
     s->slot_words = s->filter_words + 2 * BNN_BCONV2D_SCR_STORE;
     s->slots = (int32_t)(((int64_t)o + 1) / 2);
-    words = (int64_t)s->slots * s->slot_words + 2 * (int64_t)o + ((int64_t)o * taps + 1) / 2;
+    words = (int64_t)s->slots * s->slot_words + 2 * (int64_t)o + ((int64_t)o * taps + 1) / 2 +
+            ((int64_t)o + 3) / 4;
     if (words > INT32_MAX / 4) {
         s->form = 0;
         return;
     }
     s->corr = s->slots * s->slot_words;
     s->pop = s->corr + 2 * o;
+    s->tmp = s->pop + (int32_t)((o * taps + 1) / 2);
     s->bytes = (int32_t)(4 * words);
 }
 
@@ -1205,26 +1209,12 @@ static int bnn_bconv2d_count_words(int32_t k_all, int32_t mult, int64_t offset, 
     return 1;
 }
 
-/* Whether bnn_bconv2d_add's Add is the plain sum: affine, M[0] = M[1] = 2^S and the offset
- * exactly (za + zb) * 2^S, so that t / 2^S = a + b exactly (t = (a - za) * 2^S + (b - zb) * 2^S
- * + offset: no rounding), and the full int8 range: then out = saturate_int8(a + b) (QADD8 on
- * the Cortex-M7). (A QKeras residual Add of two tensors of one scale.) */
-static int bnn_bconv2d_add_is_sum(const bnn_add_params_t *add)
-{
-    const int32_t s = add->affine_shift;
-    return add->kind == BNN_OUT_AFFINE && s >= 1 && s <= 30 && add->act_min == BNN_INT8_MIN &&
-           add->act_max == BNN_INT8_MAX && add->affine_mult[0] == ((int32_t)1 << s) &&
-           add->affine_mult[1] == ((int32_t)1 << s) &&
-           add->affine_offset ==
-               ((int64_t)add->a_zero_point + add->b_zero_point) * ((int64_t)1 << s);
-}
-
 /* Fills the scratch (bnn_bconv2d_scr_layout) for this call: 0 (and the scratch path is not
  * taken) if it is missing, too small or unaligned, the output is not AFFINE with the full int8
- * range, a channel's store has no count form, or the Add is not the plain sum. */
+ * range, or a channel's store has no count form. */
 static int bnn_bconv2d_scr_prepare(const bnn_bconv2d_geom_t *g, const bnn_context_t *ctx,
-                                   const bnn_output_t *output, const bnn_add_params_t *add,
-                                   const uint32_t *filter, bnn_bconv2d_scr_t *s)
+                                   const bnn_output_t *output, const uint32_t *filter,
+                                   bnn_bconv2d_scr_t *s)
 {
     uint32_t *scr;
     uint16_t *pop;
@@ -1232,8 +1222,7 @@ static int bnn_bconv2d_scr_prepare(const bnn_bconv2d_geom_t *g, const bnn_contex
     bnn_bconv2d_scr_layout(g->c, g->kh, g->kw, g->o, (int64_t)g->oh * g->ow, s);
     if (s->form == 0 || ctx == NULL || ctx->buf == NULL || ((uintptr_t)ctx->buf & 3u) != 0 ||
         ctx->size < s->bytes || output->kind != BNN_OUT_AFFINE ||
-        output->act_min != BNN_INT8_MIN || output->act_max != BNN_INT8_MAX ||
-        (add != NULL && !bnn_bconv2d_add_is_sum(add))) {
+        output->act_min != BNN_INT8_MIN || output->act_max != BNN_INT8_MAX) {
         return 0;
     }
     scr = (uint32_t *)ctx->buf;
@@ -1526,7 +1515,9 @@ BNN_SCR_RUN_FN(bnn_bconv2d_scr_run_add_corr, BNN_SCR_RUN_DELTA, BNN_SCR_RUN_CORR
 #endif
 
 /* One output pixel of the scratch path, its window in buf: every pair of channels by the
- * assembly loop `fn` (or bnn_bconv2d_scr_slot), the odd last channel by bnn_bconv2d_scr_slot. */
+ * assembly loop `fn` (or bnn_bconv2d_scr_slot), the odd last channel by bnn_bconv2d_scr_slot;
+ * with a general Add (`gen`), the int8 outputs go to tmp first, then bnn_add_s8_run adds them
+ * to b into dst. */
 #if BNN_BCONV2D_RUN2_ASM
 typedef void (*bnn_bconv2d_scr_fn)(const uint32_t *, const uint32_t *, const uint32_t *, int8_t *,
                                    const int8_t *, const int32_t *, int32_t);
@@ -1536,9 +1527,13 @@ typedef int bnn_bconv2d_scr_fn; /* (unused) */
 BNN_ALWAYS_INLINE void bnn_bconv2d_scr_pixel(const bnn_bconv2d_geom_t *g,
                                              const bnn_bconv2d_scr_t *s, const uint32_t *scr,
                                              bnn_bconv2d_scr_fn fn, const uint32_t *buf,
-                                             int8_t *dst, const int8_t *b, const int32_t *corr)
+                                             int8_t *out, const int8_t *residual,
+                                             const int32_t *corr,
+                                             const bnn_add_s8_prepared_t *gen, int8_t *tmp)
 {
     const int32_t pairs = g->o / 2;
+    int8_t *const dst = gen != NULL ? tmp : out;
+    const int8_t *const b = gen != NULL ? (const int8_t *)0 : residual;
 #if BNN_BCONV2D_RUN2_ASM
     if (pairs > 0) {
         fn(buf, scr, scr + (size_t)pairs * (size_t)s->slot_words, dst, b, corr, s->len);
@@ -1553,6 +1548,9 @@ BNN_ALWAYS_INLINE void bnn_bconv2d_scr_pixel(const bnn_bconv2d_geom_t *g,
     if (g->o % 2 != 0) {
         bnn_bconv2d_scr_slot(s, buf, scr, pairs, 0, dst, b, corr);
     }
+    if (gen != NULL) {
+        bnn_add_s8_run(gen, g->o, tmp, residual, out);
+    }
 }
 
 /* The scratch path for the whole call (bnn_bconv2d_scr_prepare done), per output pixel:
@@ -1562,11 +1560,15 @@ BNN_ALWAYS_INLINE void bnn_bconv2d_scr_pixel(const bnn_bconv2d_geom_t *g,
  *    corrections of its taps (two sets kept in the scratch, made again only for taps that
  *    neither set is for: a row's left and right border pixels then share them);
  *  - RUN: zero words up to len;
- * then bnn_bconv2d_scr_pixel. */
-static void bnn_bconv2d_scr_run_all(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_scr_t *s,
-                                    uint32_t *scr, const uint32_t *in, const int8_t *residual,
-                                    int8_t *out)
+ * then bnn_bconv2d_scr_pixel (with the residual: the plain-sum Add in the loops, or a general
+ * one, `gen`, after them). */
+BNN_ALWAYS_INLINE void bnn_bconv2d_scr_run_all(const bnn_bconv2d_geom_t *g,
+                                               const bnn_bconv2d_scr_t *s, uint32_t *scr,
+                                               const uint32_t *in, const int8_t *residual,
+                                               const bnn_add_s8_prepared_t *gen, int8_t *out)
 {
+    const int plain = residual != NULL && gen == NULL; /* the plain sum in the loops */
+    int8_t *const tmp = (int8_t *)(void *)(scr + s->tmp);
     uint32_t buf[BNN_BCONV2D_WINDOW_WORDS];
     int32_t *const corr_sets = (int32_t *)(void *)(scr + s->corr);
     const size_t in_row = (size_t)g->w * (size_t)g->nw;
@@ -1583,14 +1585,15 @@ static void bnn_bconv2d_scr_run_all(const bnn_bconv2d_geom_t *g, const bnn_bconv
     bnn_bconv2d_scr_fn inner, border; /* without and with the corrections */
 #if BNN_BCONV2D_RUN2_ASM
     if (dup) {
-        inner = residual != NULL ? bnn_bconv2d_scr_p9_add : bnn_bconv2d_scr_p9;
-        border = residual != NULL ? bnn_bconv2d_scr_p9_add_corr : bnn_bconv2d_scr_p9_corr;
+        inner = plain ? bnn_bconv2d_scr_p9_add : bnn_bconv2d_scr_p9;
+        border = plain ? bnn_bconv2d_scr_p9_add_corr : bnn_bconv2d_scr_p9_corr;
     } else {
-        inner = residual != NULL ? bnn_bconv2d_scr_run_add : bnn_bconv2d_scr_run;
-        border = residual != NULL ? bnn_bconv2d_scr_run_add_corr : bnn_bconv2d_scr_run_corr;
+        inner = plain ? bnn_bconv2d_scr_run_add : bnn_bconv2d_scr_run;
+        border = plain ? bnn_bconv2d_scr_run_add_corr : bnn_bconv2d_scr_run_corr;
     }
 #else
     inner = border = 0;
+    (void)plain;
 #endif
     xb = xb > g->ow ? g->ow : (xb < xa ? xa : xb);
     for (k = g->filter_words; k < s->len; ++k) {
@@ -1624,7 +1627,8 @@ static void bnn_bconv2d_scr_run_all(const bnn_bconv2d_geom_t *g, const bnn_bconv
                             }
                         }
                     }
-                    bnn_bconv2d_scr_pixel(g, s, scr, inner, buf, dst, b, (const int32_t *)0);
+                    bnn_bconv2d_scr_pixel(g, s, scr, inner, buf, dst, b, (const int32_t *)0, gen,
+                                          tmp);
                 }
                 continue;
             }
@@ -1650,7 +1654,7 @@ static void bnn_bconv2d_scr_run_all(const bnn_bconv2d_geom_t *g, const bnn_bconv
                     }
                 }
                 bnn_bconv2d_scr_pixel(g, s, scr, corr != NULL ? border : inner, buf, dst, b,
-                                      corr);
+                                      corr, gen, tmp);
                 ++x;
                 dst += g->o;
                 b = b != NULL ? b + g->o : b;
@@ -1759,7 +1763,7 @@ BNN_ALWAYS_INLINE bnn_status_t bnn_bconv2d_run(const bnn_conv_params_t *params,
     return BNN_OK;
 }
 
-/* bnn_bconv2d_run in frames of their own, so that the scratch path's (bnn_bconv2d_scr_try)
+/* bnn_bconv2d_run in frames of their own, so that the scratch path's (bnn_bconv2d_scr)
  * never stacks on top of their buffers. */
 BNN_NOINLINE bnn_status_t bnn_bconv2d_run_conv(const bnn_conv_params_t *params,
                                                const bnn_output_t *output,
@@ -1790,25 +1794,32 @@ BNN_NOINLINE bnn_status_t bnn_bconv2d_run_add(const bnn_conv_params_t *params,
 
 /* The scratch path where it applies (bnn_bconv2d_scr_prepare): 1 if it made the output, 0 if
  * not (bnn_bconv2d_run then does), BNN_ERROR_ARGUMENT for arguments bnn_bconv2d_check
- * refuses. */
-BNN_NOINLINE int32_t bnn_bconv2d_scr_try(const bnn_context_t *ctx, const bnn_conv_params_t *params,
-                                         const bnn_output_t *output, const bnn_add_params_t *add,
-                                         const int8_t *residual, const bnn_dims_t *in_dims,
-                                         const uint32_t *in, const bnn_dims_t *filter_dims,
-                                         const uint32_t *filter, const bnn_dims_t *out_dims,
-                                         void *out)
+ * refuses. Inlined in two wrappers (without the Add, the compiler drops its code). */
+BNN_ALWAYS_INLINE int32_t bnn_bconv2d_scr(const bnn_context_t *ctx,
+                                          const bnn_conv_params_t *params,
+                                          const bnn_output_t *output,
+                                          const bnn_add_params_t *add, const int8_t *residual,
+                                          const bnn_dims_t *in_dims, const uint32_t *in,
+                                          const bnn_dims_t *filter_dims, const uint32_t *filter,
+                                          const bnn_dims_t *out_dims, void *out)
 {
     bnn_bconv2d_geom_t g;
 #if BNN_BCONV2D_FAST
     bnn_bconv2d_scr_t s;
+    bnn_add_s8_prepared_t prepared; /* a general Add's constants */
 #endif
     if (bnn_bconv2d_check(params, output, in_dims, in, filter_dims, filter, out_dims, out, &g) !=
         BNN_OK) {
         return BNN_ERROR_ARGUMENT;
     }
 #if BNN_BCONV2D_FAST
-    if (bnn_bconv2d_scr_prepare(&g, ctx, output, add, filter, &s)) {
-        bnn_bconv2d_scr_run_all(&g, &s, (uint32_t *)ctx->buf, in, residual, (int8_t *)out);
+    if (bnn_bconv2d_scr_prepare(&g, ctx, output, filter, &s)) {
+        const bnn_add_s8_prepared_t *gen = (const bnn_add_s8_prepared_t *)0;
+        if (add != NULL && !bnn_add_is_plain_sum(add)) {
+            bnn_add_s8_prepare(add, &prepared);
+            gen = &prepared;
+        }
+        bnn_bconv2d_scr_run_all(&g, &s, (uint32_t *)ctx->buf, in, residual, gen, (int8_t *)out);
         return 1;
     }
 #else
@@ -1817,14 +1828,36 @@ BNN_NOINLINE int32_t bnn_bconv2d_scr_try(const bnn_context_t *ctx, const bnn_con
     return 0;
 }
 
+BNN_NOINLINE int32_t bnn_bconv2d_scr_conv(const bnn_context_t *ctx,
+                                          const bnn_conv_params_t *params,
+                                          const bnn_output_t *output,
+                                          const bnn_dims_t *in_dims, const uint32_t *in,
+                                          const bnn_dims_t *filter_dims, const uint32_t *filter,
+                                          const bnn_dims_t *out_dims, void *out)
+{
+    return bnn_bconv2d_scr(ctx, params, output, (const bnn_add_params_t *)0, (const int8_t *)0,
+                           in_dims, in, filter_dims, filter, out_dims, out);
+}
+
+BNN_NOINLINE int32_t bnn_bconv2d_scr_add(const bnn_context_t *ctx,
+                                         const bnn_conv_params_t *params,
+                                         const bnn_output_t *output, const bnn_add_params_t *add,
+                                         const int8_t *residual, const bnn_dims_t *in_dims,
+                                         const uint32_t *in, const bnn_dims_t *filter_dims,
+                                         const uint32_t *filter, const bnn_dims_t *out_dims,
+                                         void *out)
+{
+    return bnn_bconv2d_scr(ctx, params, output, add, residual, in_dims, in, filter_dims, filter,
+                           out_dims, out);
+}
+
 bnn_status_t bnn_bconv2d(const bnn_context_t *ctx, const bnn_conv_params_t *params,
                          const bnn_output_t *output, const bnn_dims_t *in_dims,
                          const uint32_t *in, const bnn_dims_t *filter_dims,
                          const uint32_t *filter, const bnn_dims_t *out_dims, void *out)
 {
-    const int32_t done = bnn_bconv2d_scr_try(ctx, params, output, (const bnn_add_params_t *)0,
-                                             (const int8_t *)0, in_dims, in, filter_dims, filter,
-                                             out_dims, out);
+    const int32_t done =
+        bnn_bconv2d_scr_conv(ctx, params, output, in_dims, in, filter_dims, filter, out_dims, out);
     if (done != 0) {
         return done > 0 ? BNN_OK : BNN_ERROR_ARGUMENT;
     }
@@ -1842,7 +1875,7 @@ bnn_status_t bnn_bconv2d_add(const bnn_context_t *ctx, const bnn_conv_params_t *
         !bnn_add_params_ok(add)) {
         return BNN_ERROR_ARGUMENT;
     }
-    done = bnn_bconv2d_scr_try(ctx, params, output, add, residual, in_dims, in, filter_dims,
+    done = bnn_bconv2d_scr_add(ctx, params, output, add, residual, in_dims, in, filter_dims,
                                filter, out_dims, out);
     if (done != 0) {
         return done > 0 ? BNN_OK : BNN_ERROR_ARGUMENT;

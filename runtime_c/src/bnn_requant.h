@@ -66,6 +66,19 @@ typedef struct {
     int64_t folded; /* affine: ready - za * M[0] - zb * M[1] */
 } bnn_add_s8_prepared_t;
 void bnn_add_s8_prepare(const bnn_add_params_t *params, bnn_add_s8_prepared_t *prepared);
+/* Whether a valid Add is the plain sum saturated: affine, M[0] = M[1] = 2^S and the offset
+ * exactly (za + zb) * 2^S, so that t / 2^S = a + b exactly (t = (a - za) * 2^S + (b - zb) * 2^S
+ * + offset: no rounding), and the full int8 range: then out = saturate_int8(a + b) (QADD8 on
+ * the Cortex-M7). A QKeras residual Add of two tensors of one scale is one. */
+static inline int bnn_add_is_plain_sum(const bnn_add_params_t *add)
+{
+    const int32_t s = add->affine_shift;
+    return add->kind == BNN_OUT_AFFINE && s >= 1 && s <= 30 && add->act_min == BNN_INT8_MIN &&
+           add->act_max == BNN_INT8_MAX && add->affine_mult[0] == ((int32_t)1 << s) &&
+           add->affine_mult[1] == ((int32_t)1 << s) &&
+           add->affine_offset ==
+               ((int64_t)add->a_zero_point + add->b_zero_point) * ((int64_t)1 << s);
+}
 void bnn_add_s8_run(const bnn_add_s8_prepared_t *prepared, int32_t size, const int8_t *a,
                     const int8_t *b, int8_t *out);
 
