@@ -1089,6 +1089,38 @@ def test_add_tflite_every_pair(backend: Any, case: tuple[Any, ...]) -> None:
     _assert_same(out, expected)
 
 
+def _affine_add(
+    tensors: tuple[Tensor, Tensor, Tensor],
+    mult: np.ndarray,
+    shift: int,
+    offset: int,
+    clamp: tuple[int, int],
+) -> tuple[Graph, Struct]:
+    """A one-op affine Add graph of (a, b, y) and its bnn_add_params_t, built independently."""
+    a_t, b_t, y_t = tensors
+    consts = [
+        Tensor("multiplier", (2,), "int32", data=np.asarray(mult, np.int32)),
+        Tensor("shift", (1,), "int8", data=np.asarray([shift], np.int8)),
+        Tensor("offset", (1,), "int64", data=np.asarray([offset], np.int64)),
+    ]
+    attrs = {"output_transform": "affine", "clamp": clamp}
+    graph = _one_op_graph("Add", [a_t, b_t, *consts], y_t, attrs)
+    zp_a, zp_b = (int(t.quant.zero_point[0]) if t.quant is not None else 0 for t in (a_t, b_t))
+    params = Struct(
+        "bnn_add_params_t",
+        kind=OUT_AFFINE,
+        a_zero_point=zp_a,
+        b_zero_point=zp_b,
+        affine_mult0=int(mult[0]),
+        affine_mult1=int(mult[1]),
+        affine_shift=int(shift),
+        affine_offset=int(offset),
+        act_min=clamp[0],
+        act_max=clamp[1],
+    )
+    return graph, params
+
+
 @pytest.mark.parametrize("negative", [False, True])
 @pytest.mark.parametrize("case", ADD_CASES, ids=lambda c: "x".join(map(str, c[0])) + c[-1])
 def test_add_affine(backend: Any, case: tuple[Any, ...], negative: bool) -> None:
@@ -1098,26 +1130,8 @@ def test_add_affine(backend: Any, case: tuple[Any, ...], negative: bool) -> None
     m_b = -s_b / s_o if negative else s_b / s_o  # a negative multiplier (a subtraction)
     mult, shift, offset = shared_shift_constants([s_a / s_o, m_b], zp_o, 255, "test")
     clamp = (-128, 127) if case[-1] == "none" else (max(zp_o, -128), 127)
-    consts = [
-        Tensor("multiplier", (2,), "int32", data=mult),
-        Tensor("shift", (1,), "int8", data=shift),
-        Tensor("offset", (1,), "int64", data=offset),
-    ]
-    attrs = {"output_transform": "affine", "clamp": clamp}
-    graph = _one_op_graph("Add", [a_t, b_t, *consts], y_t, attrs)
+    graph, params = _affine_add((a_t, b_t, y_t), mult, int(shift[0]), int(offset[0]), clamp)
     expected = _reference(graph, {"a": a, "b": b})
-    params = Struct(
-        "bnn_add_params_t",
-        kind=OUT_AFFINE,
-        a_zero_point=zp_a,
-        b_zero_point=zp_b,
-        affine_mult0=int(mult[0]),
-        affine_mult1=int(mult[1]),
-        affine_shift=int(shift[0]),
-        affine_offset=int(offset[0]),
-        act_min=clamp[0],
-        act_max=clamp[1],
-    )
     out = _sentinel(a.shape, np.int8)
     assert backend.call("bnn_add_s8", params, a.size, a, b, out) == BNN_OK
     _assert_same(out, expected)
@@ -1140,33 +1154,17 @@ def test_add_affine_plain_sum(backend: Any, shift: int) -> None:
             clamp = (-100, 127) if miss == "range" else (-128, 127)
             mult = np.asarray([1 << shift, (1 << shift) - (miss == "mult")], np.int32)
             offset = ((zp_a + zp_b) << shift) + (miss == "offset")
-            a_t = Tensor("a", (size,), "int8", Quant.per_tensor(0.05, zp_a))
-            b_t = Tensor("b", (size,), "int8", Quant.per_tensor(0.05, zp_b))
-            y_t = Tensor("y", (size,), "int8", Quant.per_tensor(0.05, 0))
-            consts = [
-                Tensor("multiplier", (2,), "int32", data=mult),
-                Tensor("shift", (1,), "int8", data=np.asarray([shift], np.int8)),
-                Tensor("offset", (1,), "int64", data=np.asarray([offset], np.int64)),
-            ]
-            attrs = {"output_transform": "affine", "clamp": clamp}
-            graph = _one_op_graph("Add", [a_t, b_t, *consts], y_t, attrs)
+            tensors = (
+                Tensor("a", (size,), "int8", Quant.per_tensor(0.05, zp_a)),
+                Tensor("b", (size,), "int8", Quant.per_tensor(0.05, zp_b)),
+                Tensor("y", (size,), "int8", Quant.per_tensor(0.05, 0)),
+            )
+            graph, params = _affine_add(tensors, mult, shift, offset, clamp)
             a, b = _int8(rng, (size,)), _int8(rng, (size,))
             expected = _reference(graph, {"a": a, "b": b})
             if not miss:
                 wide = a.astype(np.int32) + b
                 assert np.array_equal(expected, np.clip(wide, -128, 127)), "the plain sum"
-            params = Struct(
-                "bnn_add_params_t",
-                kind=OUT_AFFINE,
-                a_zero_point=zp_a,
-                b_zero_point=zp_b,
-                affine_mult0=int(mult[0]),
-                affine_mult1=int(mult[1]),
-                affine_shift=shift,
-                affine_offset=offset,
-                act_min=clamp[0],
-                act_max=clamp[1],
-            )
             out = _sentinel(a.shape, np.int8)
             assert backend.call("bnn_add_s8", params, size, a, b, out) == BNN_OK
             _assert_same(out, expected)

@@ -1377,6 +1377,15 @@ static void bnn_bconv2d_scr_slot(const bnn_bconv2d_scr_t *s, const uint32_t *buf
     "orr     " b ", " b ", " t "\n\t"                                                           \
     BNN_SCR_NIB(a, t) BNN_SCR_NIB(b, t)                                                        \
     "add     " a ", " a ", " b ", lsl #1\n\t"
+/* The loops' signature (one for all: bnn_bconv2d_scr_run_all picks them by pointer; PAIR9 does
+ * not read len). */
+#define BNN_SCR_SIGNATURE(name)                                                                \
+    __attribute__((naked)) static void name(const uint32_t *buf BNN_ASM_ARG,                    \
+                                            const uint32_t *scr BNN_ASM_ARG,                    \
+                                            const uint32_t *end BNN_ASM_ARG,                    \
+                                            int8_t *dst BNN_ASM_ARG, const int8_t *b BNN_ASM_ARG, \
+                                            const int32_t *corr BNN_ASM_ARG,                    \
+                                            int32_t len BNN_ASM_ARG)
 /* One channel's store from its count c (a register other than r6-r10): the store words by
  * LDM (r6 O's low word, r7 its high word, r8 -M, r9 r + 1), x = c << (r + 1) (+ the
  * correction, `corr`), u = O + x * -M by SMLAL, the tie's half to even (u's low word 0, by
@@ -1407,12 +1416,7 @@ static void bnn_bconv2d_scr_slot(const bnn_bconv2d_scr_t *s, const uint32_t *buf
 #define BNN_SCR_P9_CORR5 "ldr     r10, [r12], #4\n\tadd     r5, r5, r10\n\t"
 #define BNN_SCR_P9_ADD "ldrb    r10, [r11], #1\n\tqadd8   r7, r7, r10\n\t"
 #define BNN_SCR_P9_FN(name, args, corr4, corr5, add)                                           \
-    __attribute__((naked)) static void name(const uint32_t *buf BNN_ASM_ARG,                    \
-                                            const uint32_t *scr BNN_ASM_ARG,                    \
-                                            const uint32_t *end BNN_ASM_ARG,                    \
-                                            int8_t *dst BNN_ASM_ARG, const int8_t *b BNN_ASM_ARG, \
-                                            const int32_t *corr BNN_ASM_ARG,                    \
-                                            int32_t len BNN_ASM_ARG)                            \
+    BNN_SCR_SIGNATURE(name)                                                                    \
     {                                                                                          \
         __asm__ volatile(                                                                      \
             "push    {r4-r11, lr}\n\t" args "1:\n\t"                                          \
@@ -1459,12 +1463,7 @@ BNN_SCR_P9_FN(bnn_bconv2d_scr_p9_add_corr,
     "add     " c ", " c ", r10\n\t"
 #define BNN_SCR_RUN_ADD "ldrb    r10, [r3, r11]\n\tqadd8   r7, r7, r10\n\t"
 #define BNN_SCR_RUN_FN(name, args, corr4, corr5, add, add_slot)                                \
-    __attribute__((naked)) static void name(const uint32_t *buf BNN_ASM_ARG,                    \
-                                            const uint32_t *scr BNN_ASM_ARG,                    \
-                                            const uint32_t *end BNN_ASM_ARG,                    \
-                                            int8_t *dst BNN_ASM_ARG, const int8_t *b BNN_ASM_ARG, \
-                                            const int32_t *corr BNN_ASM_ARG,                    \
-                                            int32_t len BNN_ASM_ARG)                            \
+    BNN_SCR_SIGNATURE(name)                                                                    \
     {                                                                                          \
         __asm__ volatile("push    {r4-r11, lr}\n\t"                                             \
                          "sub     sp, sp, #8\n\t"                                               \
@@ -1509,6 +1508,7 @@ BNN_SCR_RUN_FN(bnn_bconv2d_scr_run_add_corr, BNN_SCR_RUN_DELTA, BNN_SCR_RUN_CORR
 #undef BNN_SCR_P9_CORR
 #undef BNN_SCR_P9_GROUP
 #undef BNN_SCR_STORE
+#undef BNN_SCR_SIGNATURE
 #undef BNN_SCR_COUNT3
 #undef BNN_SCR_NIB
 #undef BNN_ASM_ARG
