@@ -1204,6 +1204,11 @@ def test_bconv_scratch_size_mirror(backend: Any) -> None:
                     )
                     sizes.add(size > 0)
     assert sizes == {True, False}
+    good = (dims(1, 9, 9, 16), dims(24, 3, 3, 16), dims(1, 9, 9, 24))
+    assert backend.int_function("bnn_bconv2d_scratch_size", *good) > 0
+    for missing in range(3):  # a NULL dims pointer: no scratch, no crash
+        args = [None if i == missing else d for i, d in enumerate(good)]
+        assert backend.int_function("bnn_bconv2d_scratch_size", *args) == 0
     # the hybrid's res1 (16 -> 24, 3x3): 12 pairs of 9 filter and 8 store words, 48
     # corrections, 24 * 9 popcounts of 16 bits, 24 bytes; res5 (3x3 x 128 on 3x3): none
     res1 = bconv2d_scratch_bytes((1, 48, 48, 16), (24, 3, 3, 16), (1, 48, 48, 24))

@@ -31,7 +31,7 @@ pytestmark = [
     ),
 ]
 
-# instructions per inference: 17.31 M measured (87.17 M before issue 8's kernel work, 49.18 M
+# instructions per inference: 17.28 M measured (87.17 M before issue 8's kernel work, 49.18 M
 # after its first step, 35.30 M after its second, 32.41 M after its third, 28.10 M after its
 # fourth, 22.68 M after its fifth, 21.93 M after its sixth, 21.37 M after its seventh; the
 # binary convolutions' scratch path took it here); 2% for compiler differences

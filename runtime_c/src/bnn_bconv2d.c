@@ -1021,16 +1021,16 @@ static int32_t bnn_bconv2d_acc_rect(const bnn_bconv2d_geom_t *g, const bnn_bconv
 /* Copies the KH x KW window of the pixel into buf in the filter's order (tap (i, j) at
  * (i * KW + j) * NW); taps outside the input become all-zero words, the +1 rows of one
  * padding. With `dup` (NW = 1, C <= 16: the words are below 2^16) each word is x | x << 16. */
-static void bnn_bconv2d_gather(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_window_t *win,
-                               int dup, uint32_t *buf)
+/* A window whose taps all lie inside the input: kh rows of row_words words from src (rows
+ * in_row words apart) into buf; with `dup` (C <= 16, one word per tap) each word as x | x << 16.
+ * Rows of 3 words (the usual 3x3 window) unrolled. */
+BNN_ALWAYS_INLINE void bnn_bconv2d_copy_rows(const uint32_t *src, size_t in_row, int32_t kh,
+                                             int32_t row_words, int dup, uint32_t *buf)
 {
-    size_t in_row = (size_t)g->w * (size_t)g->nw;
-    int32_t row_words = g->kw * g->nw;
     int32_t i;
     int32_t k;
-    if (win->full && row_words == 3) { /* the usual interior window: 3 words per kernel row */
-        const uint32_t *src = win->x0;
-        for (i = 0; i < g->kh; ++i, src += in_row, buf += 3) {
+    if (row_words == 3) {
+        for (i = 0; i < kh; ++i, src += in_row, buf += 3) {
             uint32_t a = src[0], b = src[1], c = src[2];
             if (dup) {
                 a |= a << 16;
@@ -1041,6 +1041,24 @@ static void bnn_bconv2d_gather(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_wi
             buf[1] = b;
             buf[2] = c;
         }
+        return;
+    }
+    for (i = 0; i < kh; ++i, src += in_row) {
+        for (k = 0; k < row_words; ++k) {
+            *buf++ = dup ? src[k] | src[k] << 16 : src[k];
+        }
+    }
+}
+
+static void bnn_bconv2d_gather(const bnn_bconv2d_geom_t *g, const bnn_bconv2d_window_t *win,
+                               int dup, uint32_t *buf)
+{
+    size_t in_row = (size_t)g->w * (size_t)g->nw;
+    int32_t row_words = g->kw * g->nw;
+    int32_t i;
+    int32_t k;
+    if (win->full) {
+        bnn_bconv2d_copy_rows(win->x0, in_row, g->kh, row_words, dup, buf);
         return;
     }
     for (i = 0; i < g->kh; ++i) {
@@ -1610,22 +1628,10 @@ BNN_ALWAYS_INLINE void bnn_bconv2d_scr_run_all(const bnn_bconv2d_geom_t *g,
                     in + ((size_t)iy0 * (size_t)g->w + (size_t)(x * g->sw - g->pl)) *
                              (size_t)g->nw;
                 for (; x < xb; ++x, src += step, dst += g->o, b = b != NULL ? b + g->o : b) {
-                    const uint32_t *r = src;
-                    uint32_t *d = buf;
-                    int32_t i;
-                    if (dup) { /* 3x3, one word per tap */
-                        for (i = 0; i < 3; ++i, r += in_row, d += 3) {
-                            const uint32_t w0 = r[0], w1 = r[1], w2 = r[2];
-                            d[0] = w0 | w0 << 16;
-                            d[1] = w1 | w1 << 16;
-                            d[2] = w2 | w2 << 16;
-                        }
+                    if (dup) { /* (two copies: each inlined with its constant) */
+                        bnn_bconv2d_copy_rows(src, in_row, 3, 3, 1, buf);
                     } else {
-                        for (i = 0; i < g->kh; ++i, r += in_row) {
-                            for (k = 0; k < row_words; ++k) {
-                                *d++ = r[k];
-                            }
-                        }
+                        bnn_bconv2d_copy_rows(src, in_row, g->kh, row_words, 0, buf);
                     }
                     bnn_bconv2d_scr_pixel(g, s, scr, inner, buf, dst, b, (const int32_t *)0, gen,
                                           tmp);
